@@ -1,0 +1,1 @@
+"""Reward-diversity workbook: Annealed Importance Guidance and the methods it competes with."""

@@ -1,0 +1,186 @@
+"""Prompt sets: PartiPrompts, the HPDv2 benchmark styles, Pick-a-Pic training captions, the coverage set.
+
+Every loader takes a local-path override (`path=`) and a cache directory; downloads go to the cache through a
+temporary file and `os.replace`, are verified by sha256 where the hash is known, and fail offline with an error
+that names the file, the URL and the override. Nothing here reads the repository's sibling folders at run time.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Optional, Sequence
+
+PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
+PARTI_SHA256 = "fab29e41bb512a169b56acab4cf2a41dcb675e285df2efcde6640c7dd3c440eb"
+PARTI_COUNT = 1632
+
+HPD_STYLES = ("anime", "concept-art", "paintings", "photo")
+HPD_URL = "https://huggingface.co/datasets/zhwang/HPDv2/resolve/main/benchmark/{style}.json"
+HPD_COUNT = 800  # prompts per style
+
+PICKAPIC_URL = (
+    "https://huggingface.co/datasets/yuvalkirstain/pickapic_v1_no_images/resolve/main/"
+    "data/train-00000-of-00001-b138676ed2d1f52a.parquet"
+)
+PICKAPIC_N = 50_000  # AIG paper Sec. 4.1: a subset of 50k Pick-a-Pic prompts for fine-tuning
+
+# A handful of captions for smoke runs of the tiny pipelines (no download).
+TINY_PROMPTS = (
+    "a red circle on a white background",
+    "a blue square in the sky",
+    "an astronaut riding a horse",
+    "a bowl of fruit on a wooden table",
+    "a watercolor painting of a lighthouse",
+    "a cat wearing a wizard hat",
+    "a city street at night in the rain",
+    "a green tree on a hill",
+)
+
+
+def cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """The download cache: `cache_dir`, else $AIG_CACHE_DIR, else ~/.cache/aig_workbook."""
+    root = cache_dir or os.environ.get("AIG_CACHE_DIR") or Path.home() / ".cache" / "aig_workbook"
+    return Path(root).expanduser()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path, sha256: Optional[str], url: str) -> Path:
+    if sha256 is not None:
+        got = sha256_file(path)
+        if got != sha256:
+            raise ValueError(f"{path}: sha256 {got} does not match the expected {sha256} of {url}")
+    return path
+
+
+def fetch(url: str, filename: str, *, sha256: Optional[str] = None, path: Optional[str | os.PathLike] = None,
+          cache_dir: Optional[str | os.PathLike] = None, override: str = "path=") -> Path:
+    """A verified local copy of `url`: the override `path`, else the cache, else a download into the cache."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"{filename}: the local override {p} does not exist (canonical URL: {url})")
+        return _verify(p, sha256, url)
+    target = cache_root(cache_dir) / filename
+    if target.is_file():
+        return _verify(target, sha256, url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                out.write(block)
+        _verify(Path(tmp), sha256, url)
+        os.replace(tmp, target)
+    except Exception as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, ValueError):
+            raise
+        raise RuntimeError(
+            f"could not download {filename} from {url} ({type(e).__name__}: {e}); download it by hand and pass "
+            f"its local path as {override}<file> (or place it at {target})"
+        ) from e
+    return target
+
+
+def parti_records(path: Optional[str | os.PathLike] = None, cache_dir=None) -> list[dict[str, str]]:
+    """PartiPrompts rows {Prompt, Category, Challenge, Note}: tab separated, no quoting (QUOTE_NONE)."""
+    p = fetch(PARTI_URL, "PartiPrompts.tsv", sha256=PARTI_SHA256, path=path, cache_dir=cache_dir)
+    with open(p, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if len(rows) != PARTI_COUNT:
+        raise ValueError(f"{p}: expected {PARTI_COUNT} PartiPrompts, read {len(rows)}")
+    return rows
+
+
+def partiprompts(path: Optional[str | os.PathLike] = None, cache_dir=None) -> list[str]:
+    """The 1632 PartiPrompts in file order."""
+    return [r["Prompt"] for r in parti_records(path, cache_dir)]
+
+
+def _stable_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def coverage_prompts(n: int = 40, path: Optional[str | os.PathLike] = None, cache_dir=None) -> list[str]:
+    """n PartiPrompts with Challenge == "Complex", ordered by the sha256 of their UTF-8 text, first n taken.
+
+    The AIG paper (Sec. 4.1) picked 40 complex PartiPrompts by hand without listing them; this rule is
+    deterministic, independent of file order, and the list for n is a prefix of the list for any larger n.
+    """
+    complex_ = sorted({r["Prompt"] for r in parti_records(path, cache_dir) if r["Challenge"] == "Complex"},
+                      key=_stable_key)
+    if not 1 <= n <= len(complex_):
+        raise ValueError(f"coverage_prompts: n = {n} must lie in [1, {len(complex_)}] (complex PartiPrompts)")
+    return complex_[:n]
+
+
+def hpdv2_prompts(style: str, path: Optional[str | os.PathLike] = None, cache_dir=None) -> list[str]:
+    """The 800 HPDv2 benchmark prompts of one style (anime, concept-art, paintings, photo)."""
+    if style not in HPD_STYLES:
+        raise ValueError(f"HPDv2 style {style!r} is not one of {HPD_STYLES}")
+    url = HPD_URL.format(style=style)
+    p = fetch(url, f"hpdv2/{style}.json", path=path, cache_dir=cache_dir)
+    prompts = json.loads(Path(p).read_text(encoding="utf-8"))
+    if not isinstance(prompts, list) or len(prompts) != HPD_COUNT or not all(isinstance(s, str) for s in prompts):
+        raise ValueError(f"{p}: expected a JSON list of {HPD_COUNT} strings (HPDv2 benchmark, {url})")
+    return prompts
+
+
+def _read_captions(p: Path) -> list[str]:
+    if p.suffix == ".parquet":
+        import pandas as pd
+
+        return [str(c) for c in pd.read_parquet(p, columns=["caption"])["caption"].tolist()]
+    if p.suffix == ".csv":
+        with open(p, newline="", encoding="utf-8") as f:
+            return [r["caption"] for r in csv.DictReader(f)]
+    return [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines()]
+
+
+def pickapic_prompts(n: int = PICKAPIC_N, path: Optional[str | os.PathLike] = None, cache_dir=None) -> list[str]:
+    """n distinct non-empty Pick-a-Pic v1 training captions, ordered by the sha256 of their text (deterministic).
+
+    `path` may be the parquet file, a csv with a `caption` column, or a text file with one caption per line.
+    """
+    p = fetch(PICKAPIC_URL, "pickapic_v1_train.parquet", path=path, cache_dir=cache_dir)
+    caps = sorted({c.strip() for c in _read_captions(Path(p)) if c and c.strip()}, key=_stable_key)
+    if n > len(caps):
+        raise ValueError(f"{p}: asked for {n} Pick-a-Pic captions, only {len(caps)} distinct ones")
+    return caps[:n]
+
+
+def prompt_set(name: str, path: Optional[str | os.PathLike] = None, cache_dir=None) -> list[str]:
+    """A prompt set by name: partiprompts, hpdv2:<style>, pickapic[:n], coverage[:n], tiny, file:<path>."""
+    family, _, arg = name.partition(":")
+    if family == "partiprompts":
+        return partiprompts(path, cache_dir)
+    if family == "hpdv2":
+        return hpdv2_prompts(arg, path, cache_dir)
+    if family == "pickapic":
+        return pickapic_prompts(int(arg) if arg else PICKAPIC_N, path, cache_dir)
+    if family == "coverage":
+        return coverage_prompts(int(arg) if arg else 40, path, cache_dir)
+    if family == "tiny":
+        return list(TINY_PROMPTS)
+    if family == "file":
+        return _read_captions(Path(arg))
+    raise ValueError(
+        f"unknown prompt set {name!r}; allowed: partiprompts, hpdv2:<{'|'.join(HPD_STYLES)}>, pickapic[:n], "
+        "coverage[:n], tiny, file:<path>"
+    )
+
+
+PROMPT_SETS: Sequence[str] = ("partiprompts", *(f"hpdv2:{s}" for s in HPD_STYLES), "pickapic", "coverage", "tiny")

@@ -1,0 +1,110 @@
+"""The work of notebooks 01-04 as functions (the notebooks only call these and show the results).
+
+Every stage is resumable: an artefact whose config hash matches is not recomputed unless force=True.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lib.config import RunConfig
+from lib.evaluate import evaluate, kl_rows
+from lib.io import atomic_path, config_hash
+from lib.methods import Method, method_denoiser, sweep_methods
+from lib.pareto import dominance_table
+from lib.runs import RunPaths, make_domain
+from lib.sampling import generate, is_done, paired_seeds, stamp_of, write_samples
+from lib.train import is_trained, train
+
+
+def kl_configs(cfg: RunConfig) -> dict[Method, "TrainConfig"]:  # noqa: F821
+    """The training config of DRaFT (lambda = 0) and of every KL-regularised run of the sweep."""
+    out = {Method("draft"): dataclasses.replace(cfg.train, kl_lambda=0.0)}
+    out.update({Method("kl", f"lambda={lam:g}"): dataclasses.replace(cfg.train, kl_lambda=float(lam)) for lam in cfg.sweep.kl_lambdas})
+    return out
+
+
+def _lambda(m: Method) -> float:
+    return 0.0 if m.method == "draft" else float(m.setting.split("=")[1])
+
+
+def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Notebook 01: pre-train the toy base (toy only), then DRaFT and every KL run; returns their step logs."""
+    domain = make_domain(cfg, paths)
+    if cfg.domain == "toy":
+        stamp = paths.base_model.with_suffix(".json")
+        key = config_hash(dataclasses.asdict(cfg.toy))
+        if force or not paths.base_model.exists() or not stamp.exists() or json.loads(stamp.read_text())["hash"] != key:
+            losses = domain.pretrain(paths.base_model, progress=progress)
+            with atomic_path(stamp) as tmp:
+                tmp.write_text(json.dumps({"hash": key, "final_loss": sum(losses[-100:]) / len(losses[-100:])}))
+    logs = {}
+    for m, tcfg in kl_configs(cfg).items():
+        out = paths.train(_lambda(m))
+        if force or not is_trained(out, tcfg, domain):
+            train(domain, tcfg, out, progress=progress)
+        logs["DRaFT" if m.method == "draft" else m.setting.replace("lambda=", "KL λ=")] = pd.read_csv(out / "log.csv")
+    return logs
+
+
+def load_models(cfg: RunConfig, paths: RunPaths, domain) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+    """The DRaFT model and the KL models (by setting string) of a trained run."""
+    tuned = domain.load_adapter(paths.train(0.0) / "adapter.safetensors")
+    kl = {m.setting: domain.load_adapter(paths.train(_lambda(m)) / "adapter.safetensors") for m in kl_configs(cfg) if m.method == "kl"}
+    return tuned, kl
+
+
+def _model_stamp(paths: RunPaths, m: Method) -> list:
+    """What a method's samples depend on beyond the sweep: the adapters' and base model's file stamps."""
+    files = [paths.base_model, paths.train(0.0) / "adapter.safetensors"]
+    if m.method == "kl":
+        files.append(paths.train(_lambda(m)) / "adapter.safetensors")
+    return [(str(f.name), f.stat().st_mtime_ns) for f in files if f.exists()]
+
+
+def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Notebook 02: every method x setting on every prompt set with paired seeds; returns a summary table."""
+    domain = make_domain(cfg, paths)
+    tuned, kl = load_models(cfg, paths, domain)
+    methods = sweep_methods(cfg.sweep)
+    rows = []
+    for ps in cfg.sweep.prompt_sets:
+        names = domain.prompts(ps)
+        per = cfg.sweep.samples_per_prompt if ps == "coverage" else cfg.sweep.eval_samples_per_prompt
+        pairs = paired_seeds(len(names), per, cfg.sweep.seed_offset)
+        for m in tqdm(methods, desc=f"sampling {ps}", disable=not progress):
+            key = f"{ps}/{m.key}"
+            stamp = stamp_of(dataclasses.asdict(cfg.sweep), cfg.domain, m, _model_stamp(paths, m))
+            calls = "-"
+            if force or not is_done(paths.samples, key, stamp):
+                with method_denoiser(domain, m, tuned, kl) as den:
+                    x = generate(domain, den, names, pairs, cfg.sweep.batch_size)
+                    calls = dict(getattr(den, "calls", {})) or "-"
+                write_samples(paths.samples, key, x, pairs, stamp)
+            rows.append(dict(prompt_set=ps, method=m.method, setting=m.setting, n=len(pairs), network_calls=str(calls)))
+    return pd.DataFrame(rows)
+
+
+def stage_metrics(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
+    """Notebook 03: metrics.csv (rewards, diversity against base, chain KL of the fine-tuned models)."""
+    domain = make_domain(cfg, paths)
+    df = evaluate(domain, sweep_methods(cfg.sweep), paths.samples, cfg.sweep.prompt_sets, cfg.metrics.diversity,
+                  k=cfg.metrics.k, batch=cfg.sweep.batch_size, progress=progress)
+    tuned, kl = load_models(cfg, paths, domain)
+    models = {Method("draft"): tuned, **{Method("kl", s): mdl for s, mdl in kl.items()}}
+    df = pd.concat([df, pd.DataFrame(kl_rows(domain, models, cfg.metrics.kl_samples))], ignore_index=True)
+    with atomic_path(paths.metrics) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
+
+
+def stage_dominance(cfg: RunConfig, df: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 04's table: hypervolume and dominance of each family per diversity metric (coverage set)."""
+    from lib.evaluate import MAXIMIZE
+
+    return pd.concat([dominance_table(df, d, maximize_div=MAXIMIZE[d]) for d in cfg.metrics.diversity], ignore_index=True)

@@ -1,0 +1,268 @@
+"""The toy domain: a 2-D conditional Gaussian-mixture "text-to-sample" problem with an MLP denoiser.
+
+Each "prompt" c is a 2-D GMM whose modes sit on a ring. The reward r(x, c) is smooth, bounded and
+differentiable: a bump next to every mode (shifted by `reward_shift`, a reference mismatch of the kind
+the AIG paper discusses) with one bump higher than the rest (the global maximum), plus a broad bump around
+the global maximum that pulls every sample towards it. Unregularised reward maximisation therefore collapses
+onto one mode (Lemma 1), while every mode has a high-reward region close to it (the assumption of A.5).
+Sampling goes through diffusers' DDIM scheduler, the same code path as Stable Diffusion.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from lib.guidance import Denoiser, cfg
+from lib.io import atomic_path
+from lib.samplers import per_sample_noise
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """The toy problem and its base model."""
+
+    num_prompts: int = 4
+    modes: tuple[int, ...] = (3, 4, 5, 6)  # modes of each prompt's GMM (cycled over prompts)
+    radius: float = 1.5  # ring radius of the modes
+    mode_std: float = 0.12
+    reward_shift: float = 0.3  # distance from a mode to its reward bump
+    reward_width: float = 0.25
+    reward_top: float = 1.0  # height of the global-maximum bump (others: reward_other)
+    reward_other: float = 0.7
+    reward_pull: float = 0.35  # height of the broad bump around the global maximum
+    reward_pull_width: float = 2.0
+    num_train_timesteps: int = 1000
+    num_steps: int = 20  # DDIM steps for training and evaluation
+    guidance_scale: float = 1.0  # classifier-free guidance weight (1 = conditional model only)
+    hidden: int = 128
+    depth: int = 3
+    pretrain_steps: int = 3000
+    pretrain_batch: int = 512
+    pretrain_lr: float = 2e-3
+    cond_dropout: float = 0.1  # null-condition rate during pre-training (for CFG)
+    seed: int = 0
+
+    def __post_init__(self):
+        from lib.config import check
+
+        check("toy.num_prompts", self.num_prompts, self.num_prompts >= 1, ">= 1")
+        check("toy.modes", self.modes, len(self.modes) >= 1 and min(self.modes) >= 1, "a non-empty list of ints >= 1")
+        for key in ("radius", "mode_std", "reward_width", "reward_pull_width", "pretrain_lr"):
+            check(f"toy.{key}", getattr(self, key), getattr(self, key) > 0, "> 0")
+        check("toy.num_steps", self.num_steps, 1 <= self.num_steps <= self.num_train_timesteps, "in [1, num_train_timesteps]")
+        check("toy.guidance_scale", self.guidance_scale, self.guidance_scale >= 0, ">= 0")
+        check("toy.cond_dropout", self.cond_dropout, 0 <= self.cond_dropout < 1, "in [0, 1)")
+
+
+def _time_embedding(t: torch.Tensor, dim: int, T: int) -> torch.Tensor:
+    """Sinusoidal embedding of s = t / T: (B,) -> (B, dim)."""
+    freqs = torch.exp(torch.arange(dim // 2, dtype=torch.float32) * (-math.log(1000.0) / (dim // 2)))
+    arg = (t.float()[:, None] / T) * 1000.0 * freqs[None, :].to(t.device)
+    return torch.cat([arg.sin(), arg.cos()], dim=1)
+
+
+class ToyDenoiser(nn.Module):
+    """eps_theta(x_t, c, t): an MLP over [x, time embedding, prompt embedding]; index num_prompts is the null prompt."""
+
+    def __init__(self, num_prompts: int, hidden: int = 128, depth: int = 3, emb: int = 32, num_train_timesteps: int = 1000):
+        super().__init__()
+        self.emb, self.T = emb, num_train_timesteps
+        self.prompt = nn.Embedding(num_prompts + 1, emb)
+        self.inp = nn.Linear(2 + 2 * emb, hidden)
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
+        self.out = nn.Linear(hidden, 2)
+
+    def forward(self, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, 2), t scalar or (B,), cond (B,) prompt indices -> eps (B, 2)."""
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        h = torch.cat([x, _time_embedding(t, self.emb, self.T), self.prompt(cond)], dim=1)
+        h = nn.functional.silu(self.inp(h))
+        for layer in self.hidden:
+            h = h + nn.functional.silu(layer(h))
+        return self.out(h)
+
+
+LORA_TARGETS = r".*(inp|hidden\.\d+|out)$"
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed torch's global generator only inside this block, restoring it afterwards (lib never seeds globally)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class ToyDomain:
+    """The 2-D toy domain (see module docstring); implements lib.domain.Domain."""
+
+    name = "toy"
+
+    def __init__(self, cfg: ToyConfig, base_path: Optional[Path] = None, device: str = "cpu"):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.num_train_timesteps, self.num_steps = cfg.num_train_timesteps, cfg.num_steps
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear", clip_sample=False,
+            timestep_spacing="trailing", set_alpha_to_one=True,
+        )
+        self.means, self.peaks, self.heights, self.top = self._layout()
+        self.base_path = Path(base_path) if base_path else None
+
+    # ---- the problem -------------------------------------------------------------------------------------
+    def _layout(self):
+        """Mode centres, reward bumps and heights per prompt, and the global maximum of each prompt."""
+        c = self.cfg
+        means, peaks, heights, top = [], [], [], []
+        for j in range(c.num_prompts):
+            m = c.modes[j % len(c.modes)]
+            ang = 2 * np.pi * (np.arange(m) / m + 0.13 * j)
+            mu = c.radius * np.stack([np.cos(ang), np.sin(ang)], 1)  # (m, 2)
+            # each bump sits outward-and-sideways of its mode: a shift plus a rotation of the whole set
+            shift = c.reward_shift * np.stack([np.cos(ang + 0.8), np.sin(ang + 0.8)], 1)
+            h = np.full(m, c.reward_other)
+            best = j % m
+            h[best] = c.reward_top
+            means.append(torch.tensor(mu, dtype=torch.float32))
+            peaks.append(torch.tensor(mu + shift, dtype=torch.float32))
+            heights.append(torch.tensor(h, dtype=torch.float32))
+            top.append(peaks[-1][best])
+        return means, peaks, heights, top
+
+    def prompts(self, split: str = "train") -> list[str]:
+        """The prompts are named 'gmm-j'; every split uses all of them (seeds differ by split)."""
+        if split not in ("train", "eval", "coverage"):
+            raise ValueError(f"split = {split!r}; allowed: 'train', 'eval', 'coverage'")
+        return [f"gmm-{j}" for j in range(self.cfg.num_prompts)]
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompt names -> indices (B,)."""
+        return torch.tensor([int(p.split("-")[1]) for p in prompts], device=self.device)
+
+    def noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """x_T (B, 2) from per-sample generators."""
+        return per_sample_noise((2,), seeds, device=self.device)
+
+    def data(self, prompt: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n samples of prompt's GMM (equal weights) and their mode labels: (n, 2), (n,)."""
+        mu = self.means[prompt]
+        k = torch.randint(len(mu), (n,), generator=generator)
+        x = mu[k] + self.cfg.mode_std * torch.randn(n, 2, generator=generator)
+        return x, k
+
+    def reward(self, samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """r(x, c) = sum_i h_i exp(-|x - p_i|^2 / 2w^2) + a exp(-|x - p*|^2 / 2W^2): (B,), bounded, smooth."""
+        c = self.cfg
+        idx = self.encode(prompts).tolist()
+        out = []
+        for j in sorted(set(idx)):
+            rows = [i for i, p in enumerate(idx) if p == j]
+            x = samples[rows]  # (b, 2)
+            d2 = ((x[:, None, :] - self.peaks[j].to(x)[None]) ** 2).sum(-1)  # (b, m)
+            bumps = (self.heights[j].to(x) * torch.exp(-d2 / (2 * c.reward_width**2))).sum(1)
+            pull = c.reward_pull * torch.exp(-((x - self.top[j].to(x)) ** 2).sum(1) / (2 * c.reward_pull_width**2))
+            out.append((rows, bumps + pull))
+        r = torch.empty(samples.shape[0], dtype=samples.dtype, device=samples.device)
+        for rows, v in out:
+            r = r.index_put((torch.tensor(rows, device=r.device),), v)
+        return r
+
+    def mode_of(self, samples: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
+        """Index of the nearest mode of each sample's own prompt: (B,)."""
+        idx = self.encode(prompts).tolist()
+        return np.array([int(((self.means[j] - x.detach().cpu()) ** 2).sum(1).argmin()) for x, j in zip(samples, idx)])
+
+    # ---- the model ---------------------------------------------------------------------------------------
+    def new_model(self) -> ToyDenoiser:
+        """A freshly initialised denoiser (seeded by cfg.seed)."""
+        c = self.cfg
+        with _seeded(c.seed):
+            return ToyDenoiser(c.num_prompts, c.hidden, c.depth, num_train_timesteps=c.num_train_timesteps).to(self.device)
+
+    def pretrain(self, path: Path, progress: bool = True) -> list[float]:
+        """Denoising score matching on the GMMs (eps-prediction, null prompt at rate cond_dropout); saves to path."""
+        c = self.cfg
+        model, gen = self.new_model(), torch.Generator().manual_seed(c.seed + 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=c.pretrain_lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, c.pretrain_steps)
+        abar = self.scheduler.alphas_cumprod
+        losses = []
+        for _ in tqdm(range(c.pretrain_steps), desc="pre-train base", disable=not progress):
+            j = torch.randint(c.num_prompts, (c.pretrain_batch,), generator=gen)
+            x0 = self._batch(j, gen)  # (B, 2)
+            t = torch.randint(c.num_train_timesteps, (c.pretrain_batch,), generator=gen)
+            eps = torch.randn(x0.shape, generator=gen)
+            a = abar[t][:, None]
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            cond = torch.where(torch.rand(c.pretrain_batch, generator=gen) < c.cond_dropout, c.num_prompts, j)
+            loss = ((model(xt, t, cond) - eps) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        with atomic_path(path) as tmp:
+            save_file(model.state_dict(), str(tmp))
+        self.base_path = Path(path)
+        return losses
+
+    def _batch(self, prompts: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One data sample per prompt index: (B,) -> (B, 2)."""
+        k = torch.floor(torch.rand(len(prompts), generator=gen) * torch.tensor([len(self.means[int(p)]) for p in prompts])).long()
+        mu = torch.stack([self.means[int(p)][int(i)] for p, i in zip(prompts, k)])
+        return mu + self.cfg.mode_std * torch.randn(len(prompts), 2, generator=gen)
+
+    def base_model(self) -> ToyDenoiser:
+        """The pre-trained denoiser, frozen."""
+        if self.base_path is None or not self.base_path.exists():
+            raise FileNotFoundError(f"no pre-trained toy base model at {self.base_path}: run pretrain() (notebook 01) first")
+        model = self.new_model()
+        model.load_state_dict(load_file(str(self.base_path)))
+        return model.requires_grad_(False).eval()
+
+    def denoiser(self, model: nn.Module) -> Denoiser:
+        """(x, t, cond) -> eps, with classifier-free guidance at cfg.guidance_scale."""
+        null = torch.tensor([self.cfg.num_prompts], device=self.device)
+        return cfg(model, null, self.cfg.guidance_scale)
+
+    def add_adapter(self, model: nn.Module, rank: int, seed: int) -> nn.Module:
+        """Inject a fresh LoRA adapter (B = 0, so the model starts equal to the base) on every linear layer."""
+        with _seeded(seed):
+            model = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), model)
+        for n, p in model.named_parameters():
+            p.requires_grad_("lora_" in n)
+        return model
+
+    def save_adapter(self, model: nn.Module, path: Path) -> None:
+        """LoRA weights as safetensors."""
+        with atomic_path(path) as tmp:
+            save_file(get_peft_model_state_dict(model), str(tmp))
+
+    def load_adapter(self, path: Path) -> nn.Module:
+        """Base model with the LoRA adapter stored at path (frozen)."""
+        model = self.add_adapter(self.base_model(), rank=self._rank(path), seed=0)
+        set_peft_model_state_dict(model, load_file(str(path)))
+        return model.requires_grad_(False).eval()
+
+    @staticmethod
+    def _rank(path: Path) -> int:
+        sd = load_file(str(path))
+        return next(v.shape[0] for k, v in sd.items() if "lora_A" in k)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """The toy's samples are its latents."""
+        return x0
+
+    def features(self, samples: torch.Tensor) -> np.ndarray:
+        """The 2-D samples themselves: (N, 2)."""
+        return samples.detach().cpu().double().numpy().reshape(len(samples), -1)

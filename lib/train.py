@@ -1,0 +1,160 @@
+"""The DRaFT-family trainer (DRaFT Algorithm 1) with KL regularisation (AIG paper Eq. 4), on the domain seam.
+
+One loop covers DRaFT (K = T), DRaFT-K (gradient through the last K sampling steps), DRaFT-LV (K = 1 plus n
+re-noised copies of x_0) and ReFL (stop at a random step in [1, m] and score the one-step x_0 prediction).
+The loss is -r(x_0, c) + lambda * sum over the differentiated steps of mean((eps_tuned - eps_base)^2).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lib.config import TrainConfig
+from lib.domain import Domain
+from lib.guidance import Denoiser
+from lib.io import atomic_path, config_hash
+from lib.lora import adapter_disabled, lora_parameters
+from lib.samplers import predict_x0, renoise, sample
+
+
+class KLProbe:
+    """Denoiser wrapper returning eps_tuned and adding mean((eps_tuned - eps_base)^2) to `self.total` (B,):
+    at the steps that carry gradient (the last K of DRaFT-K; AIG paper Eq. 4), or at every step."""
+
+    def __init__(self, tuned: Denoiser, base: Denoiser, every_step: bool = False):
+        self.tuned, self.base, self.every_step = tuned, base, every_step
+        self.total, self.steps = 0.0, 0
+
+    def __call__(self, x: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
+        eps = self.tuned(x, t, cond)
+        if self.every_step or torch.is_grad_enabled():
+            with torch.no_grad():
+                eps_base = self.base(x, t, cond)
+            self.total = self.total + ((eps - eps_base) ** 2).flatten(1).mean(1)  # (B,)
+            self.steps += 1
+        return eps
+
+
+def base_branch(domain: Domain, model: torch.nn.Module) -> Denoiser:
+    """The base model's denoiser: the same network with its adapter switched off."""
+    tuned = domain.denoiser(model)
+
+    def base(x, t, cond):
+        with adapter_disabled(model):
+            return tuned(x, t, cond)
+
+    return base
+
+
+def draft_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts: list[str], seeds: list[int],
+               rng: torch.Generator) -> dict[str, torch.Tensor]:
+    """One DRaFT-family objective on a batch (DRaFT Algorithm 1): returns loss, reward, kl (scalars)."""
+    cond = domain.encode(prompts)
+    x_T = domain.noise(seeds)  # (B, ...)
+    probe = KLProbe(domain.denoiser(model), base_branch(domain, model))
+    n = domain.num_steps
+    if cfg.variant == "refl":
+        stop = int(torch.randint(1, min(cfg.refl_m, n) + 1, (1,), generator=rng))
+        x0 = sample(probe, domain.scheduler, x_T, cond, n, grad_last=stop, stop_at=stop)
+    else:
+        x0 = sample(probe, domain.scheduler, x_T, cond, n, grad_last=1 if cfg.variant == "lv" else min(cfg.K, n))
+    reward = domain.reward(domain.decode(x0), prompts)  # (B,)
+    total_reward = reward
+    if cfg.variant == "lv":
+        sched = domain.scheduler
+        sched.set_timesteps(n)
+        t1 = sched.timesteps[-1]
+        for _ in range(cfg.lv_n):
+            eps = torch.randn(x0.shape, generator=rng).to(x0)
+            x1 = renoise(sched, x0.detach(), eps, t1)
+            x0_i = predict_x0(sched, x1, probe(x1, t1, cond), t1)
+            total_reward = total_reward + domain.reward(domain.decode(x0_i), prompts)
+    kl = probe.total if probe.steps else torch.zeros_like(reward)
+    loss = (-total_reward + cfg.kl_lambda * kl).mean()
+    return {"loss": loss, "reward": reward.mean().detach(), "kl": torch.as_tensor(kl).mean().detach()}
+
+
+def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True) -> tuple[torch.nn.Module, pd.DataFrame]:
+    """Fine-tune a LoRA adapter; writes adapter.safetensors, log.csv and train.json to out_dir; resumes from a
+    checkpoint of the same config."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = _key(domain, cfg)
+    model = domain.add_adapter(domain.base_model(), rank=cfg.lora_rank, seed=cfg.seed)
+    params = lora_parameters(model)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    log: list[dict] = []
+    start = _resume(out_dir / "checkpoint.pt", key, model, opt, rng, log)
+    prompts = domain.prompts("train")
+    bar = tqdm(range(start, cfg.steps), desc=f"train {out_dir.name}", disable=not progress, initial=start, total=cfg.steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        stats = {"reward": 0.0, "kl": 0.0, "loss": 0.0}
+        for _ in range(cfg.grad_accum):
+            idx = torch.randint(len(prompts), (cfg.batch_size,), generator=rng).tolist()
+            seeds = torch.randint(2**31 - 1, (cfg.batch_size,), generator=rng).tolist()
+            out = draft_loss(domain, model, cfg, [prompts[i] for i in idx], seeds, rng)
+            (out["loss"] / cfg.grad_accum).backward()
+            for k in stats:
+                stats[k] += float(out[k].detach()) / cfg.grad_accum
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        opt.step()
+        log.append({"step": step + 1, **stats, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0})
+        bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2e}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _checkpoint(out_dir / "checkpoint.pt", key, model, opt, rng, log, step + 1)
+    domain.save_adapter(model, out_dir / "adapter.safetensors")
+    frame = pd.DataFrame(log)
+    with atomic_path(out_dir / "log.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "train.json") as tmp:
+        tmp.write_text(json.dumps({"config": asdict(cfg), "hash": key}, indent=1))
+    return model, frame
+
+
+def _checkpoint(path: Path, key: str, model, opt, rng, log, step: int) -> None:
+    state = {"key": key, "step": step, "lora": {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n},
+             "opt": opt.state_dict(), "rng": rng.get_state(), "log": log}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(path: Path, key: str, model, opt, rng, log) -> int:
+    """Load a checkpoint of the same config; returns the step to continue from (0 if none)."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    if state.get("key") != key:
+        return 0
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in state["lora"].items():
+            params[n].copy_(v)
+    opt.load_state_dict(state["opt"])
+    rng.set_state(state["rng"])
+    log.extend(state["log"])
+    return int(state["step"])
+
+
+def is_trained(out_dir: Path, cfg: TrainConfig, domain: Domain) -> bool:
+    """True if out_dir holds a finished run of this exact config."""
+    meta = Path(out_dir) / "train.json"
+    if not meta.exists() or not (Path(out_dir) / "adapter.safetensors").exists():
+        return False
+    return json.loads(meta.read_text()).get("hash") == _key(domain, cfg)
+
+
+def _key(domain: Domain, cfg: TrainConfig) -> str:
+    """Hash of the training config and the base model it starts from (path, size and mtime of a local file)."""
+    base = getattr(domain, "base_path", None)
+    stamp = [str(base)] + ([base.stat().st_size, base.stat().st_mtime_ns] if isinstance(base, Path) and base.exists() else [])
+    return config_hash({"train": asdict(cfg), "domain": domain.name, "base": stamp})
