@@ -2,9 +2,10 @@
 
 A distribution p over a 1-D grid is parametrised by softmax logits (non-parametric: one free logit per grid
 point) and trained by gradient ascent (Adam) on J(p) = E_p[r(x)] = sum_g p_g r_g (paper Eq. 15). The optimum
-is delta(x - argmax r) (Eq. 21). Reward dropout (A.1.1, Eq. 23-25): each step every reward value is zeroed
-independently with probability q, so the step ascends J on a masked reward whose expectation is
-r~ = (1 - q) r; the argmax is unchanged and so is the delta it collapses to.
+is delta(x - argmax r) (Eq. 21). Reward dropout (A.1.1, Eq. 23-25): each step's reward is zeroed with
+probability q (mode "step": the whole reward signal of the step; mode "pointwise": every grid value
+independently), so in expectation the step ascends J under r~ = (1 - q) r (Eq. 25); the argmax is unchanged
+and so is the delta it collapses to.
 """
 from __future__ import annotations
 
@@ -62,17 +63,20 @@ def maximise_expected_reward(
     steps: int = 2000,
     lr: float = 0.05,
     dropout: float = 0.0,
+    dropout_mode: str = "step",
     init_logits: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
     record_every: int = 10,
     snapshot_at: tuple[int, ...] = (),
 ) -> Lemma1Run:
-    """Adam ascent on the logits of p for J = sum_g p_g (m_g r_g), m_g ~ Bernoulli(1 - dropout) per step.
+    """Adam ascent on the logits of p for J = sum_g p_g (m_g r_g), m ~ Bernoulli(1 - dropout) drawn per step.
 
     grad_logits J = p * (r_m - E_p[r_m]) (softmax Jacobian). Dropout > 0 needs rng.
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout = {dropout} must lie in [0, 1)")
+    if dropout_mode not in ("step", "pointwise"):
+        raise ValueError(f"dropout_mode = {dropout_mode!r}; allowed: 'step', 'pointwise'")
     if dropout > 0 and rng is None:
         raise ValueError("reward dropout needs a numpy Generator rng")
     r = np.asarray(reward, dtype=np.float64)  # (G,)
@@ -93,7 +97,10 @@ def maximise_expected_reward(
             snaps[k] = p
         if k == steps:
             break
-        rm = r if dropout == 0 else r * (rng.random(r.shape) >= dropout)
+        if dropout == 0:
+            rm = r
+        else:
+            rm = r * (rng.random(r.shape if dropout_mode == "pointwise" else ()) >= dropout)
         g = p * (rm - p @ rm)  # ascent direction (G,)
         m1 = b1 * m1 + (1 - b1) * g
         m2 = b2 * m2 + (1 - b2) * g**2

@@ -117,3 +117,21 @@ def sample_grid(samples: dict[str, tuple[np.ndarray, np.ndarray]], num_prompts: 
                 ax.set_ylabel(name, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def trajectory_figure(paths: dict[str, np.ndarray], reward_field=None, lim: float = 2.6) -> plt.Figure:
+    """Fig. 1 style: sampling trajectories (steps+1, B, 2) of each method over the reward landscape."""
+    fig, axes = plt.subplots(1, len(paths), figsize=(4 * len(paths), 4), squeeze=False)
+    for ax, (name, xs) in zip(axes[0], paths.items()):
+        if reward_field is not None:
+            gx, gy, z = reward_field
+            ax.contourf(gx, gy, z, levels=12, cmap="Greys", alpha=0.5)
+        color = STYLE.get(name.split(" ")[0], {}).get("color", "tab:gray")
+        for b in range(xs.shape[1]):
+            ax.plot(xs[:, b, 0], xs[:, b, 1], color=color, lw=0.8, alpha=0.7)
+        ax.scatter(xs[-1, :, 0], xs[-1, :, 1], color=color, s=18, edgecolor="k", zorder=3)
+        ax.scatter(xs[0, :, 0], xs[0, :, 1], color="white", s=10, edgecolor="k", zorder=3)
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[], title=name)
+    fig.suptitle("sampling trajectories from the same noise (white: x_T, filled: x_0; grey: reward)")
+    fig.tight_layout()
+    return fig

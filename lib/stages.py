@@ -33,7 +33,8 @@ def _lambda(m: Method) -> float:
     return 0.0 if m.method == "draft" else float(m.setting.split("=")[1])
 
 
-def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> dict[str, pd.DataFrame]:
+def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True,
+                include_kl: bool = True) -> dict[str, pd.DataFrame]:
     """Notebook 01: pre-train the toy base (toy only), then DRaFT and every KL run; returns their step logs."""
     domain = make_domain(cfg, paths)
     if cfg.domain == "toy":
@@ -45,6 +46,8 @@ def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: 
                 tmp.write_text(json.dumps({"hash": key, "final_loss": sum(losses[-100:]) / len(losses[-100:])}))
     logs = {}
     for m, tcfg in kl_configs(cfg).items():
+        if m.method == "kl" and not include_kl:
+            continue
         out = paths.train(_lambda(m))
         if force or not is_trained(out, tcfg, domain):
             train(domain, tcfg, out, progress=progress)
@@ -108,3 +111,43 @@ def stage_dominance(cfg: RunConfig, df: pd.DataFrame) -> pd.DataFrame:
     from lib.evaluate import MAXIMIZE
 
     return pd.concat([dominance_table(df, d, maximize_div=MAXIMIZE[d]) for d in cfg.metrics.diversity], ignore_index=True)
+
+
+def showcase(cfg: RunConfig) -> list[Method]:
+    """One representative setting per family for sample grids: the middle of each sweep list."""
+    out = [Method("base"), Method("draft")]
+    for fam in ("lora_scale", "aig", "combined", "kl"):
+        ms = [m for m in sweep_methods(cfg.sweep) if m.method == fam]
+        if ms:
+            out.append(ms[len(ms) // 2])
+    return out
+
+
+def sample_grid(cfg: RunConfig, paths: RunPaths, per_prompt: int = 200):
+    """Fig. 2 style grid of the showcase methods' coverage samples, drawn by the domain."""
+    from lib.sampling import read_samples
+
+    domain = make_domain(cfg, paths)
+    shown = {}
+    for m in showcase(cfg):
+        x, p, s = read_samples(paths.samples, f"coverage/{m.key}")
+        keep = (s - cfg.sweep.seed_offset - p * cfg.sweep.samples_per_prompt) < per_prompt
+        shown[f"{m.method} {m.setting}".replace(" -", "")] = (x[keep], p[keep])
+    return domain.sample_grid(shown)
+
+
+def trajectories(cfg: RunConfig, paths: RunPaths, prompt: int = 0, seeds=range(12), aig_spec: str = "power:2"):
+    """Fig. 1 data: x_t along the sampling chain of base, DRaFT and AIG from the same seeds: name -> (steps+1, B, ...)."""
+    from lib.samplers import sample
+
+    domain = make_domain(cfg, paths)
+    tuned = domain.load_adapter(paths.train(0.0) / "adapter.safetensors")
+    cond = domain.encode([domain.prompts("coverage")[prompt]] * len(seeds))
+    out = {}
+    for m in (Method("base"), Method("draft"), Method("aig", aig_spec)):
+        path = []
+        with method_denoiser(domain, m, tuned) as den, torch.no_grad():
+            sample(den, domain.scheduler, domain.noise(list(seeds)), cond, domain.num_steps,
+                   callback=lambda i, t, x: path.append(x.clone()))
+        out[f"{m.method} {m.setting}".replace(" -", "")] = torch.stack(path).numpy()
+    return domain, out

@@ -266,3 +266,18 @@ class ToyDomain:
     def features(self, samples: torch.Tensor) -> np.ndarray:
         """The 2-D samples themselves: (N, 2)."""
         return samples.detach().cpu().double().numpy().reshape(len(samples), -1)
+
+    def reward_field(self, prompt: int, lim: float = 2.6, n: int = 120):
+        """Reward on a grid for contour plots: x (n, n), y (n, n), r (n, n)."""
+        g = torch.linspace(-lim, lim, n)
+        gx, gy = torch.meshgrid(g, g, indexing="xy")
+        pts = torch.stack([gx.ravel(), gy.ravel()], 1)
+        with torch.no_grad():
+            r = self.reward(pts, [f"gmm-{prompt}"] * len(pts)).reshape(n, n)
+        return gx.numpy(), gy.numpy(), r.numpy()
+
+    def sample_grid(self, samples: dict):
+        """Scatter grid (method rows x prompt columns) over the reward landscape."""
+        from lib.plots import sample_grid
+
+        return sample_grid(samples, self.cfg.num_prompts, reward_field=self.reward_field)

@@ -1,0 +1,25 @@
+"""Shared fixtures: a small pre-trained toy domain and a DRaFT model fine-tuned on it (built once per session)."""
+from pathlib import Path
+
+import pytest
+
+from lib.config import TrainConfig
+from lib.toy import ToyConfig, ToyDomain
+from lib.train import train
+
+TOY = ToyConfig(pretrain_steps=1000, num_steps=10)
+DRAFT = TrainConfig(steps=300, batch_size=64, lr=2e-3, grad_clip=1.0, checkpoint_every=100)
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory) -> ToyDomain:
+    d = ToyDomain(TOY)
+    d.pretrain(tmp_path_factory.mktemp("toy") / "base.safetensors", progress=False)
+    return d
+
+
+@pytest.fixture(scope="session")
+def draft_run(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("draft")
+    model, log = train(toy, DRAFT, out, progress=False)
+    return model, log, Path(out)

@@ -1,0 +1,80 @@
+"""Parameters files and the papermill runner."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from lib import reproduce
+from lib.config import ConfigError, from_dict, load
+from lib.runs import ROOT
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
+def test_every_params_file_validates(name):
+    cfg = load(ROOT / "params" / name)
+    assert cfg.run and cfg.domain in ("toy", "diffusers")
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"train": {"Kk": 1}}, "train.Kk"),
+    ({"train": {"lr": -1}}, "train.lr"),
+    ({"train": {"variant": "ppo"}}, "train.variant"),
+    ({"sweep": {"aig": ["power:0"]}}, "power:0"),
+    ({"sweep": {"lora_scales": [1.5]}}, "sweep.lora_scales"),
+    ({"toy": {"num_steps": "ten"}}, "toy.num_steps"),
+    ({"domain": "jax"}, "domain"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_values_name_key_value_and_rule(data, key):
+    with pytest.raises(ConfigError) as e:
+        from_dict(data)
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_bad_params_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: x\ntrain:\n  K: 0\n")
+    out = subprocess.run([sys.executable, "-m", "lib.reproduce", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.K = 0" in lines[0] and "Traceback" not in out.stderr
+
+
+def _notebook(path: Path, code: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell('params_file = ""\nrun_dir = ""')
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_runner_writes_config_manifest_skips_and_keeps_failures(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_ok.ipynb", "from pathlib import Path\n(Path(run_dir) / 'ran.txt').open('a').write('x')")
+    params = tmp_path / "p.yaml"
+    params.write_text("run: runner-test\ntoy:\n  num_steps: 5\n")
+    run_dir = tmp_path / "run"
+    reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["toy"]["num_steps"] == 5
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["00_ok"]["status"] == "done" and "torch" in manifest["packages"]
+    assert {"start", "end"} <= set(manifest["stages"]["00_ok"])
+    assert (run_dir / "notebooks" / "00_ok.ipynb").exists()
+    reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir)  # same config: skipped
+    assert (run_dir / "ran.txt").read_text() == "x"
+    reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir, force=True)
+    assert (run_dir / "ran.txt").read_text() == "xx"
+
+    _notebook(nbs / "01_fail.ipynb", "raise ValueError('boom')")
+    with pytest.raises(RuntimeError, match="01_fail failed.*boom"):
+        reproduce.run(str(params), only=["01"], notebook_dir=nbs, run_dir=run_dir)
+    assert (run_dir / "notebooks" / "01_fail.ipynb").exists()
+    with pytest.raises(ConfigError, match="no notebook numbered 07"):
+        reproduce.run(str(params), only=["07"], notebook_dir=nbs, run_dir=run_dir)

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from scipy.linalg import sqrtm
+from scipy.stats import ortho_group
+
+from lib import metrics as M
+
+
+def gaussian(n, mean, cov, seed):
+    return np.random.default_rng(seed).multivariate_normal(mean, cov, size=n)
+
+
+def closed_form_fid(m1, s1, m2, s2):
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * np.real(sqrtm(s1 @ s2))))
+
+
+def test_fid_matches_gaussian_closed_form_from_sample_moments():
+    a = gaussian(4000, [0, 0, 0], np.diag([1.0, 2.0, 0.5]), 0)
+    b = gaussian(4000, [1, -1, 0.5], [[1.5, 0.3, 0], [0.3, 1, 0.2], [0, 0.2, 0.7]], 1)
+    expected = closed_form_fid(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert M.fid(a, b) == pytest.approx(expected, rel=1e-8)
+    # and close to the population value
+    pop = closed_form_fid(np.zeros(3), np.diag([1.0, 2.0, 0.5]), np.array([1, -1, 0.5]),
+                          np.array([[1.5, 0.3, 0], [0.3, 1, 0.2], [0, 0.2, 0.7]]))
+    assert M.fid(a, b) == pytest.approx(pop, rel=0.05)
+
+
+def test_fid_real_and_stable_when_n_below_d():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 200)), rng.normal(size=(50, 200)) + 0.1
+    v = M.fid(a, b)
+    assert isinstance(v, float) and np.isfinite(v) and v > 0
+    assert M.fid(a, a) == pytest.approx(0.0, abs=1e-4)  # rank-deficient covariances: round-off only
+
+
+def test_scd_lscd_invariant_to_rotation_and_translation():
+    a = gaussian(500, np.zeros(4), np.diag([3.0, 1.0, 0.5, 0.1]), 0)
+    rot = ortho_group.rvs(4, random_state=1)
+    moved = a @ rot.T + np.array([5.0, -2.0, 1.0, 3.0])
+    assert M.scd(a, moved) == pytest.approx(0.0, abs=1e-9)
+    assert M.lscd(a, moved) == pytest.approx(0.0, abs=1e-9)
+    assert M.fid(a, moved) > 10  # FID does see the shift
+
+
+def test_scd_lscd_closed_form_on_spectra():
+    a = gaussian(20000, np.zeros(2), np.diag([4.0, 1.0]), 0)
+    b = gaussian(20000, np.zeros(2), np.diag([1.0, 1.0]), 1)
+    assert M.scd(a, b) == pytest.approx((4 - 1) ** 2, rel=0.05)
+    assert M.lscd(a, b) == pytest.approx(np.log(4) ** 2, rel=0.05)
+
+
+def test_precision_recall_self_one_far_zero():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 3))
+    assert M.precision(a, a) == 1.0 and M.recall(a, a) == 1.0
+    far = a + 100
+    assert M.precision(a, far) == 0.0 and M.recall(a, far) == 0.0
+
+
+def test_recall_falls_when_generator_collapses():
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.normal(size=(200, 2)) * 0.1 + c for c in ([0, 0], [3, 0])])
+    gen = rng.normal(size=(400, 2)) * 0.1  # one mode only
+    assert M.precision(ref, gen) > 0.9
+    assert M.recall(ref, gen) < 0.6
+
+
+def test_pairwise_diversity():
+    emb = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=float)
+    assert M.pairwise_diversity(emb[:2], [0, 0]) == pytest.approx(0.0)
+    assert M.pairwise_diversity(emb[[0, 3]], [0, 0]) == pytest.approx(1.0)
+    assert M.pairwise_diversity(emb, [0, 0, 1, 1]) == pytest.approx(0.5)
+
+
+def test_clip_score_convention_and_ci():
+    assert np.allclose(M.clip_score([[1, 0], [1, 0]], [[1, 0], [-1, 0]]), [100.0, 0.0])
+    mean, half, n = M.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and n == 3 and half == pytest.approx(4.303 * 1 / np.sqrt(3), rel=1e-3)
+
+
+def test_torch_inputs_accepted():
+    import torch
+    a = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+    assert M.scd(a, a) == 0.0
