@@ -16,11 +16,9 @@ import time
 import torch
 
 
-def _count_calls(unet: torch.nn.Module):
-    """A forward hook counting UNet evaluations; returns (counter dict, hook handle)."""
-    n = {"calls": 0}
-    handle = unet.register_forward_hook(lambda *_: n.__setitem__("calls", n["calls"] + 1))
-    return n, handle
+def _count_calls(unet: torch.nn.Module, counter: dict):
+    """Register a forward hook that counts UNet evaluations in counter["calls"]; returns the hook handle."""
+    return unet.register_forward_hook(lambda *_: counter.__setitem__("calls", counter["calls"] + 1))
 
 
 def run(kind: str = "sd", model: str = "tiny", steps: int = 4, batch: int = 2, repeats: int = 5,
@@ -58,10 +56,8 @@ def run(kind: str = "sd", model: str = "tiny", steps: int = 4, batch: int = 2, r
                           adapter_name="draft")
     wrappers = {spec: aig_unet(tuned, spec, num_train_timesteps=1000) for spec in settings}
     unets = {"plain pipeline": plain, "pipeline + LoRA": tuned, **{f"aig_unet {s}": w for s, w in wrappers.items()}}
-    counter, h1 = _count_calls(plain)
-    _, h2 = _count_calls(tuned)
-    h2.remove()
-    h2 = tuned.register_forward_hook(lambda *_: counter.__setitem__("calls", counter["calls"] + 1))
+    counter = {"calls": 0}
+    hooks = [_count_calls(plain, counter), _count_calls(tuned, counter)]
     times: dict[str, list[float]] = {k: [] for k in unets}
     calls: dict[str, str] = {}
     with torch.no_grad():
@@ -72,8 +68,8 @@ def run(kind: str = "sd", model: str = "tiny", steps: int = 4, batch: int = 2, r
             times[name].append(once(unet))
             if r == 0:
                 calls[name] = str(counter["calls"])
-    h1.remove()
-    h2.remove()
+    for h in hooks:
+        h.remove()
     for s, w in wrappers.items():  # the wrapper's own per-branch counts
         calls[f"aig_unet {s}"] = " + ".join(f"{v // repeats} {k}" for k, v in sorted(w.calls.items()))
     best = {k: min(v) for k, v in times.items()}
@@ -88,10 +84,14 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (tiny nets are overhead-bound)")
     a = ap.parse_args(argv)
+    if a.device == "cpu":
+        torch.set_num_threads(a.threads)
     rows = run(a.kind, a.model, a.steps, a.batch, a.repeats, a.device)
-    print(f"{a.kind} ({a.model}) on {a.device}: {a.steps} steps, batch {a.batch} (CFG doubles each UNet call's "
-          f"batch), best of {a.repeats}; UNet calls per pipeline call")
+    where = f"{a.device}, {a.threads} thread(s)" if a.device == "cpu" else a.device
+    print(f"{a.kind} ({a.model}) on {where}: {a.steps} steps, batch {a.batch} (CFG doubles each UNet call's "
+          f"batch), best of {a.repeats} interleaved rounds; UNet calls per pipeline call")
     print(f"{'setting':<24}{'s / image':>12}{'x plain':>10}  UNet calls")
     for r in rows:
         print(f"{r['setting']:<24}{r['seconds']:>12.4f}{r['ratio']:>10.2f}  {r['calls']}")

@@ -162,7 +162,8 @@ def extract(extractor: torch.nn.Module, images, batch_size: int = 32, device=Non
         h = hashlib.sha256(fingerprint(extractor).encode())
         h.update(str((arr.dtype, arr.shape)).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
-        path = Path(cache_dir) / f"features-{getattr(extractor, 'name', type(extractor).__name__)}-{h.hexdigest()[:16]}.npz"
+        label = getattr(extractor, "name", type(extractor).__name__)
+        path = Path(cache_dir) / f"features-{label}-{h.hexdigest()[:16]}.npz"
         if path.is_file():
             with np.load(path) as z:
                 return z["features"]

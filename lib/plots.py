@@ -72,7 +72,8 @@ def reward_kl_figure(df: pd.DataFrame, prompt_set: str = "coverage") -> plt.Figu
     if ("base", "-") in t.index:
         ax.axhline(t.loc[("base", "-"), "reward"], color="tab:green", ls="--", label="base reward")
         ax.legend(fontsize=7)
-    ax.set_xscale("symlog", linthresh=1e-3)
+    if (pts["kl"] > 0).all():
+        ax.set_xscale("log")
     ax.set_xlabel(LABEL["kl"])
     ax.set_ylabel(LABEL["reward"])
     ax.set_title("reward-KL tradeoff (Fig. 3a)")

@@ -132,12 +132,12 @@ def load_pipeline(model_id_or_path: str, kind: str = "sd", dtype: torch.dtype | 
         pipe = tiny_pipeline(kind, cache_dir=cache_dir).to(device)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     cls = _pipeline_class(kind)
-    kwargs: dict[str, Any] = dict(torch_dtype=dtype, cache_dir=cache_dir)
+    kwargs: dict[str, Any] = dict(dtype=dtype, cache_dir=cache_dir)
     if kind == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = cls.from_pretrained(model_id_or_path, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # diffusers raises ValueError for a path that is neither local nor a repo
         raise OSError(f"could not load the {kind} pipeline {model_id_or_path!r} ({e}); on an offline machine "
                       f"download it first (e.g. `hf download {DEFAULT_MODELS[kind]}`) and pass the local "
                       f"directory as the model path") from e
@@ -320,7 +320,9 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], out_dir: str | 
     Shards hold `batch_size` consecutive (prompt, seed) pairs (prompt-major) as uint8 images (n, H, W, 3) plus
     their prompt indices, prompts and seeds; a shard already on disk is skipped, a new one is written atomically.
     Process `rank` of `world_size` writes shards k with k % world_size == rank; the index
-    <out_dir>/<method>/<setting>/index-<prompt_set>.csv is written once every shard exists.
+    <out_dir>/<method>/<setting>/index-<prompt_set>.csv is written once every shard exists. Shard names hash the
+    method, setting, sampler settings and their (prompt, seed) pairs, not the weights: use one out_dir per model
+    and adapter (e.g. results/<run>/samples), and distinct settings for distinct adapters (kl: "lambda=1").
     """
     if method not in METHODS:
         raise ValueError(f"method = {method!r}: allowed {METHODS}")
@@ -373,8 +375,8 @@ def read_index(out_dir: str | os.PathLike):
     files = sorted(Path(out_dir).glob("*/*/index-*.csv"))
     if not files:
         return pd.DataFrame(columns=list(INDEX_COLUMNS))
-    return pd.concat([pd.read_csv(f, keep_default_na=False, dtype={"setting": str}) for f in files],
-                     ignore_index=True)
+    text = {c: str for c in ("shard", "prompt_set", "prompt", "method", "setting")}
+    return pd.concat([pd.read_csv(f, keep_default_na=False, dtype=text) for f in files], ignore_index=True)
 
 
 def load_images(out_dir: str | os.PathLike, index) -> np.ndarray:
@@ -496,7 +498,10 @@ class SDDomain:
 
         name = {"train": self.config.train_prompts, "eval": self.config.eval_prompts[0],
                 "coverage": self.config.coverage_prompts}.get(split, split)
-        return prompt_set(name, self.config.prompt_paths.get(name.split(":")[0]), self.config.cache_dir)
+        family = name.split(":")[0]
+        paths = self.config.prompt_paths  # exact set name first; coverage is drawn from the PartiPrompts file
+        path = paths.get(name) or paths.get("partiprompts" if family == "coverage" else family)
+        return prompt_set(name, path, self.config.cache_dir)
 
     def _time_ids(self, n: int) -> torch.Tensor:
         r = self.config.resolution

@@ -54,7 +54,7 @@ def test_pretrained_base_covers_every_mode(toy):
 def test_gradients_reach_only_the_last_K_steps(toy, K):
     model = toy.add_adapter(toy.base_model(), rank=2, seed=0)
     rec = Recorder(toy.denoiser(model))
-    x_T = toy.noise(range(8)).requires_grad_(True)
+    x_T = toy.noise(range(8))
     x0 = sample(rec, toy.scheduler, x_T, toy.encode(["gmm-0"] * 8), toy.num_steps, grad_last=K)
     x0.sum().backward()
     grad_on = [g for g, _, _ in rec.log]
@@ -62,7 +62,6 @@ def test_gradients_reach_only_the_last_K_steps(toy, K):
     # the first differentiated step starts from a detached x (stop_grad); later steps carry the graph
     has_graph = [r for _, r, _ in rec.log]
     assert has_graph == [False] * (toy.num_steps - K + 1) + [True] * (K - 1)
-    assert x_T.grad is None
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
@@ -92,8 +91,8 @@ def test_refl_stops_early_and_lv_adds_renoised_copies(toy):
     assert counts["draft"]["grad"] == 1  # DRaFT-1
     assert counts["lv"]["grad"] == 1 + 3  # last step + n re-noised one-step predictions
     assert counts["refl"]["grad"] == 1  # one differentiated prediction of x0 ...
-    assert counts["refl"]["n"] < counts["draft"]["n"] - 0 or counts["refl"]["n"] == n  # ... at a step in [1, m]
-    assert n - 4 + 1 <= counts["refl"]["n"] <= n
+    assert n - 4 + 1 <= counts["refl"]["n"] <= n  # ... at a random step j in [1, m] from the end: n - j + 1 calls
+    assert counts["draft"]["n"] == n and counts["lv"]["n"] == n + 3
 
 
 def test_refl_returns_one_step_prediction(toy):

@@ -1,0 +1,432 @@
+"""Offline tests of the Stable Diffusion domain on tiny randomly initialised SD / SDXL pipelines (lib.sd)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib import sd
+from lib.guidance import AIG
+from lib.lora import adapter_disabled, lora_parameters, lora_scale
+from lib.samplers import sample
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers Euler
+
+PROMPTS = ["a red circle on a white background", "an astronaut riding a horse"]
+SEEDS = [3, 7]
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks are overhead-bound: one intra-op thread avoids thread thrashing on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def make_domain(kind: str, cache: str) -> sd.SDDomain:
+    return sd.SDDomain(sd.SDConfig.tiny(kind, cache_dir=cache))
+
+
+def perturb_lora(unet: torch.nn.Module, seed: int = 1, std: float = 0.5) -> None:
+    """Stand-in for a trained adapter: random LoRA B matrices (a fresh adapter has B = 0, i.e. tuned == base)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def run(pipe, seeds=SEEDS, prompts=PROMPTS, **kw) -> np.ndarray:
+    """Pipeline images (B, 64, 64, 3) in [0, 1] from per-sample seeded latents."""
+    lat = sd.latents_for(pipe, seeds, 64, 64)
+    gs = sd.PAPER_SAMPLING["sd" if "XL" not in type(pipe).__name__ else "sdxl"]["guidance_scale"]
+    with torch.no_grad():
+        return pipe(prompt=list(prompts), latents=lat, num_inference_steps=STEPS, guidance_scale=gs,
+                    output_type="np", **kw).images
+
+
+@pytest.fixture(scope="module", params=["sd", "sdxl"])
+def trained(request, cache):
+    """(domain, plain images before any adapter, images with a perturbed 'draft' adapter active)."""
+    dom = make_domain(request.param, cache)
+    plain = run(dom.pipe)
+    unet = dom.add_adapter(dom.base_model(), rank=4, seed=0)
+    perturb_lora(unet)
+    tuned = run(dom.pipe)
+    assert np.abs(tuned - plain).max() > 1e-3  # the adapter really changes the images
+    return dom, plain, tuned
+
+
+# ------------------------------------------------------------------------------------------- pipelines, seeds
+def test_tiny_pipeline_kinds_and_schedulers(cache):
+    p = sd.tiny_pipeline("sd", cache_dir=cache)
+    q = sd.tiny_pipeline("sdxl", cache_dir=cache)
+    assert type(p.scheduler).__name__ == "DDIMScheduler" and p.scheduler.config.timestep_spacing == "trailing"
+    assert p.scheduler.config.set_alpha_to_one
+    assert type(q.scheduler).__name__ == "EulerDiscreteScheduler"
+    # same seed, same weights; the tokenizer gives open_clip's ids
+    assert torch.equal(next(sd.tiny_pipeline("sd", cache_dir=cache).unet.parameters()), next(p.unet.parameters()))
+    assert p.tokenizer("a cat").input_ids == [49406, 320, 2368, 49407]
+    with pytest.raises(ValueError, match="kind"):
+        sd.tiny_pipeline("sd3")
+
+
+def test_last_ddim_step_is_not_identity(cache):
+    """With trailing spacing + alpha_0 = 1 the last step maps x to x0_hat (DRaFT-1 needs a non-trivial step)."""
+    s = sd.tiny_pipeline("sd", cache_dir=cache).scheduler
+    s.set_timesteps(STEPS)
+    x, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    for t in s.timesteps[:-1]:
+        s.step(eps, t, x)
+    out = s.step(eps, s.timesteps[-1], x).prev_sample
+    assert (out - x).abs().max() > 1e-2
+
+
+def test_per_sample_latents_pair_across_batches_and_match_diffusers_generators(cache):
+    pipe = sd.tiny_pipeline("sd", cache_dir=cache)
+    both = sd.latents_for(pipe, [5, 6], 64, 64)
+    assert both.shape == (2, 4, 32, 32)
+    assert torch.equal(both[1], sd.latents_for(pipe, [6], 64, 64)[0])  # sample i starts from the same noise
+    gens = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
+    with torch.no_grad():
+        via_gen = pipe(prompt=PROMPTS, generator=gens, num_inference_steps=2, output_type="np").images
+        via_lat = pipe(prompt=PROMPTS, latents=sd.latents_for(pipe, SEEDS, 64, 64), num_inference_steps=2,
+                       output_type="np").images
+    assert np.array_equal(via_gen, via_lat)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_load_pipeline_from_a_local_directory(kind, cache, tmp_path):
+    """The real-checkpoint loader on a saved tiny pipeline: paper sampler, no safety checker, same images."""
+    tiny = sd.tiny_pipeline(kind, cache_dir=cache)
+    tiny.save_pretrained(tmp_path / kind)
+    pipe = sd.load_pipeline(str(tmp_path / kind), kind, torch.float32, "cpu")
+    assert type(pipe) is type(tiny)
+    assert type(pipe.scheduler).__name__ == ("DDIMScheduler" if kind == "sd" else "EulerDiscreteScheduler")
+    if kind == "sd":
+        assert pipe.safety_checker is None
+    np.testing.assert_allclose(run(pipe, seeds=[1], prompts=PROMPTS[:1]), run(tiny, seeds=[1], prompts=PROMPTS[:1]),
+                               atol=1e-5)
+    with pytest.raises(OSError, match="local directory"):
+        sd.load_pipeline(str(tmp_path / "missing"), kind, torch.float32, "cpu")
+
+
+def test_paper_scheduler_for_sd14_config_is_compvis_ddim():
+    """From SD1.4's scheduler config: leading spacing, offset 1, alpha_bar_0 at the end (CompVis / NeMo DDIM)."""
+    v14 = dict(_class_name="PNDMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+               num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+               clip_sample=False, trained_betas=None)
+    s = sd.paper_scheduler("sd", v14)
+    s.set_timesteps(25)
+    assert type(s).__name__ == "DDIMScheduler" and s.timesteps[0] == 961 and s.timesteps[-1] == 1
+    x, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    assert (s.step(eps, s.timesteps[-1], x).prev_sample - x).abs().max() > 1e-3  # DRaFT-1 has a gradient
+    assert type(sd.paper_scheduler("sdxl", v14)).__name__ == "EulerDiscreteScheduler"
+
+
+def test_domain_implements_the_protocol_and_prompt_overrides(cache, tmp_path):
+    import json
+
+    from lib.domain import Domain
+
+    photo = tmp_path / "photo.json"
+    photo.write_text(json.dumps([f"a photo of object {i}" for i in range(800)]))
+    dom = sd.SDDomain(sd.SDConfig.tiny("sd", cache_dir=cache, eval_prompts=("hpdv2:photo", "tiny"),
+                                       prompt_paths={"hpdv2:photo": str(photo)}))
+    members = {n for n in dir(Domain) if not n.startswith("_")} | set(Domain.__annotations__)
+    assert members and all(hasattr(dom, n) for n in members)
+    assert dom.prompts("eval")[5] == "a photo of object 5" and len(dom.prompts("hpdv2:photo")) == 800
+    assert dom.prompts("train") == dom.prompts("coverage") == dom.prompts("tiny")
+
+
+def test_domain_prompts_noise_and_features(cache):
+    dom = make_domain("sd", cache)
+    assert dom.prompts("train") == dom.prompts("eval") == dom.prompts("coverage") == dom.prompts("tiny")
+    assert torch.equal(dom.noise([4, 5])[1], dom.noise([5])[0]) and dom.noise([4]).dtype == torch.float32
+    feats = dom.features(torch.rand(3, 3, 64, 64))
+    assert feats.shape == (3, 16)
+    assert dom.num_train_timesteps == 1000 and dom.num_steps == STEPS and dom.name == "sd"
+
+
+# ------------------------------------------------------------------------------------------- AIG identities
+def test_aig_base_tuned_and_calls(trained):
+    dom, plain, tuned = trained
+    for spec, ref, calls in (("base", plain, {"base": STEPS}), ("tuned", tuned, {"tuned": STEPS})):
+        w = sd.aig_unet(dom.pipe, spec)
+        with sd.using_unet(dom.pipe, w):
+            img = run(dom.pipe)
+        assert np.array_equal(img, ref), spec  # exact: the skipped branch contributes nothing
+        assert dict(w.calls) == calls
+    assert dom.pipe.unet is dom.base_model() and not isinstance(dom.pipe.unet, sd.AIGUNet)  # restored
+
+
+def test_aig_step_equals_switching_unets_mid_sampling(trained):
+    dom, plain, tuned = trained
+    pipe, c = dom.pipe, 0.5
+    w = sd.aig_unet(pipe, f"step:{c}")
+    with sd.using_unet(pipe, w):
+        aig_img = run(pipe)
+    assert dict(w.calls) == {"base": STEPS // 2, "tuned": STEPS // 2}
+
+    def switch(p, i, t, kwargs):  # after step i, choose the model for step i + 1 (base while s > c)
+        ts = p.scheduler.timesteps
+        if i + 1 < len(ts):
+            (p.unet.disable_lora if float(ts[i + 1]) / 1000 > c else p.unet.enable_lora)()
+        return kwargs
+
+    pipe.unet.disable_lora()  # the first step (s ~ 1) is the base model's
+    try:
+        switched = run(pipe, callback_on_step_end=switch)
+    finally:
+        pipe.unet.enable_lora()
+    assert np.array_equal(aig_img, switched)
+    assert np.abs(aig_img - plain).max() > 1e-4 and np.abs(aig_img - tuned).max() > 1e-4
+
+
+def test_aig_power_mixes_both_branches_and_composes_with_cfg(trained):
+    """power:2 evaluates both branches each step; mixing at the UNet output equals mixing guided eps (linear)."""
+    dom, plain, tuned = trained
+    w = sd.aig_unet(dom.pipe, "power:2")
+    with sd.using_unet(dom.pipe, w):
+        img = run(dom.pipe)
+    assert dict(w.calls) == {"base": STEPS, "tuned": STEPS}
+    assert np.abs(img - plain).max() > 0 and np.abs(img - tuned).max() > 0
+    unet = dom.base_model()
+    x, c = dom.noise([0]), dom.encode(PROMPTS[:1])
+    t = torch.tensor(600)
+    guided = dom.denoiser(w)(x, t, c)  # CFG over the mixed UNet
+    base_den, tuned_den = dom.denoiser(unet), dom.denoiser(unet)
+    with adapter_disabled(unet):
+        eb = base_den(x, t, c)
+    mixed = AIG(lambda *a: eb, tuned_den, "power:2")(x, t, c)  # mix of the two guided predictions
+    torch.testing.assert_close(guided, mixed, atol=1e-5, rtol=1e-5)
+
+
+def test_aig_unet_forwards_pipeline_attributes(trained):
+    dom, _, _ = trained
+    w = sd.aig_unet(dom.pipe, "power:2")
+    unet = dom.base_model()
+    assert w.config is unet.config and w.dtype == unet.dtype and w.device == unet.device
+    if dom.config.kind == "sdxl":
+        assert w.add_embedding is unet.add_embedding
+    assert w.gamma.spec == "power:2"
+    out = w(dom.noise([0]), 500, encoder_hidden_states=dom._unpack(dom.encode(PROMPTS[:1]))["encoder_hidden_states"],
+            added_cond_kwargs=dom._unpack(dom.encode(PROMPTS[:1])).get("added_cond_kwargs"))
+    assert out.sample.shape == (1, 4, 32, 32)
+
+
+def test_aig_with_a_separate_base_unet(cache):
+    """The base branch can be a second UNet instead of the adapter-disabled one."""
+    dom = make_domain("sd", cache)
+    import copy
+
+    base = copy.deepcopy(dom.base_model())
+    plain = run(dom.pipe)
+    perturb_lora(dom.add_adapter(dom.base_model(), rank=4, seed=0))
+    w = sd.aig_unet(dom.pipe, "base", base_unet=base)
+    with sd.using_unet(dom.pipe, w):
+        assert np.array_equal(run(dom.pipe), plain)
+
+
+def test_lora_scale_zero_is_base_and_one_is_tuned(cache):
+    dom = make_domain("sd", cache)
+    plain = run(dom.pipe)
+    perturb_lora(dom.add_adapter(dom.base_model(), rank=4, seed=0))
+    tuned = run(dom.pipe)
+    with sd.method_context(dom.pipe, "lora_scale", "alpha=0"):
+        assert np.array_equal(run(dom.pipe), plain)
+    with sd.method_context(dom.pipe, "lora_scale", "1"):
+        assert np.array_equal(run(dom.pipe), tuned)
+    with lora_scale(dom.base_model(), 0.5):
+        half = run(dom.pipe)
+    assert np.abs(half - plain).max() > 1e-4 and np.abs(half - tuned).max() > 1e-4
+    assert np.array_equal(run(dom.pipe), tuned)  # scale restored
+
+
+def test_combined_gamma_runs_the_tuned_model_for_the_last_k_steps(trained):
+    dom, _, _ = trained
+    for k in range(STEPS + 1):
+        spec = sd.combined_gamma(dom.pipe.scheduler, STEPS, k)
+        w = sd.aig_unet(dom.pipe, spec)
+        with sd.using_unet(dom.pipe, w), torch.no_grad():
+            dom.pipe(prompt=PROMPTS[:1], latents=sd.latents_for(dom.pipe, [0], 64, 64), num_inference_steps=STEPS,
+                     output_type="latent")
+        assert w.calls["tuned"] == k and w.calls["base"] == STEPS - k, spec
+    assert sd.method_gamma("combined", "0.4") == "step:0.4" == sd.method_gamma("combined", "step:0.4")
+
+
+# ---------------------------------------------------------------------------------------------- the domain
+def test_domain_sampler_matches_the_pipeline(trained):
+    """lib.samplers.sample over domain.denoiser + domain.decode reproduces the diffusers pipeline's images."""
+    dom, _, tuned = trained
+    with torch.no_grad():
+        x0 = sample(dom.denoiser(dom.base_model()), dom.scheduler, dom.noise(SEEDS), dom.encode(PROMPTS), STEPS)
+        img = dom.decode(x0).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(img, tuned, atol=1e-5)
+    assert dom.encode(PROMPTS).shape[0] == 2 and dom.null_cond.shape[0] == 1
+
+
+def test_kl_term_is_zero_for_a_fresh_adapter(cache):
+    dom = make_domain("sd", cache)
+    unet = dom.add_adapter(dom.base_model(), rank=4, seed=0)
+    den = dom.denoiser(unet)
+    x, c, t = dom.noise(SEEDS), dom.encode(PROMPTS), torch.tensor(500)
+    with torch.no_grad():
+        eps_tuned = den(x, t, c)
+        with adapter_disabled(unet):
+            eps_base = den(x, t, c)
+    assert torch.mean((eps_tuned - eps_base) ** 2).item() == 0.0  # LoRA B = 0 at initialisation
+    perturb_lora(unet, std=0.05)
+    with torch.no_grad():
+        assert torch.mean((den(x, t, c) - eps_base) ** 2).item() > 0
+
+
+def test_draft1_step_changes_only_lora_weights(cache):
+    """One DRaFT-1 step: gradient through the last sampling step only, reward on the decoded image."""
+    dom = make_domain("sd", cache)
+    unet = dom.add_adapter(dom.base_model(), rank=4, seed=0)
+    params = lora_parameters(unet)
+    assert params and all(p.requires_grad and p.dtype == torch.float32 for p in params)
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    grad_seen = []
+    x0 = sample(dom.denoiser(unet), dom.scheduler, dom.noise(SEEDS), dom.encode(PROMPTS), STEPS, grad_last=1,
+                callback=lambda i, t, x: grad_seen.append(x.requires_grad))
+    assert grad_seen == [False] * STEPS + [True]  # x_T and all but the last step are outside the graph
+    r = dom.reward(dom.decode(x0), PROMPTS)
+    assert r.shape == (2,) and r.requires_grad
+    (-r.mean()).backward()
+    grads = {n: p.grad for n, p in unet.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+    assert sum(float(g.abs().sum()) for n, g in grads.items() if "lora_B" in n) > 0
+    for m in (dom.pipe.vae, dom.pipe.text_encoder, dom.reward_model):
+        assert all(p.grad is None for p in m.parameters())
+    torch.optim.AdamW(params, lr=1e-2).step()
+    changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+
+
+def test_gradient_checkpointing_gives_the_same_draft1_gradient(cache):
+    grads = []
+    for ckpt in (False, True):
+        dom = sd.SDDomain(sd.SDConfig.tiny("sd", cache_dir=cache, gradient_checkpointing=ckpt))
+        unet = dom.add_adapter(dom.base_model(), rank=4, seed=0)
+        assert unet.is_gradient_checkpointing == ckpt
+        x0 = sample(dom.denoiser(unet), dom.scheduler, dom.noise(SEEDS), dom.encode(PROMPTS), 2, grad_last=1)
+        dom.reward(dom.decode(x0), PROMPTS).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in lora_parameters(unet)]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_saved_adapter_loads_with_load_lora_weights_and_reproduces_images(trained, tmp_path):
+    dom, _, tuned = trained
+    dom.save_adapter(dom.base_model(), tmp_path / "lora")
+    f = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(f), "pt") as fh:
+        keys = list(fh.keys())
+    assert keys and all(k.startswith("unet.") and "lora" in k for k in keys)
+    fresh = sd.tiny_pipeline(dom.config.kind, cache_dir=dom.config.cache_dir)
+    fresh.load_lora_weights(str(tmp_path / "lora"), adapter_name="draft")
+    np.testing.assert_allclose(run(fresh), tuned, atol=1e-6)
+    dom2 = sd.SDDomain(dom.config, pipe=sd.tiny_pipeline(dom.config.kind, cache_dir=dom.config.cache_dir))
+    unet2 = dom2.load_adapter(f)  # a .safetensors file path works too
+    assert sd.has_adapter(unet2)
+    np.testing.assert_allclose(run(dom2.pipe), tuned, atol=1e-6)
+
+
+def test_add_adapter_is_seeded_and_replaces_the_previous_one(cache):
+    dom = make_domain("sd", cache)
+    rng = torch.get_rng_state()
+    a = [p.detach().clone() for p in lora_parameters(dom.add_adapter(dom.base_model(), 4, seed=5))]
+    assert torch.equal(rng, torch.get_rng_state())  # the global seed is untouched
+    b = [p.detach().clone() for p in lora_parameters(dom.add_adapter(dom.base_model(), 4, seed=5))]
+    c = lora_parameters(dom.add_adapter(dom.base_model(), 4, seed=6))
+    assert len(a) == len(b) == len(c) and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert list(dom.base_model().peft_config) == ["draft"]
+
+
+# ----------------------------------------------------------------------------------------------- generation
+def test_generate_writes_resumable_shards_and_index(trained, tmp_path):
+    dom, plain, tuned = trained
+    pipe = dom.pipe
+    gs = dom.config.guidance_scale
+    kw = dict(prompt_set="tiny", batch_size=3, num_steps=STEPS, guidance_scale=gs)
+    idx_base = sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="base", **kw)
+    idx_aig = sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="aig", setting="power:2", **kw)
+    assert idx_base.is_file() and idx_aig.is_file()
+    df = sd.read_index(tmp_path)
+    assert list(df.columns) == list(sd.INDEX_COLUMNS) and len(df) == 8
+    assert set(df["method"]) == {"base", "aig"} and set(df["setting"]) == {"-", "power:2"}
+    base = df[df.method == "base"]
+    assert list(zip(base.prompt_index, base.seed)) == [(0, 3), (0, 7), (1, 3), (1, 7)]
+    imgs = sd.load_images(tmp_path, base)
+    assert imgs.dtype == np.uint8 and imgs.shape == (4, 64, 64, 3)
+    # sample i of prompt j equals a standalone generation from seed i (paired across methods and batches)
+    with adapter_disabled(pipe.unet):
+        ref = (run(pipe, seeds=[7], prompts=[PROMPTS[1]]) * 255).round().astype(np.uint8)
+    assert np.abs(imgs[3].astype(int) - ref[0].astype(int)).max() <= 1
+    shards = sorted(tmp_path.glob("aig/power_2/*.npz"))
+    assert len(shards) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    counter = {"n": 0}
+    h = pipe.unet.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    try:
+        sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="aig", setting="power:2", **kw)
+        assert counter["n"] == 0 and all(p.stat().st_mtime_ns == s for p, s in stamps.items())  # all skipped
+        old = np.load(shards[1])["images"]
+        shards[1].unlink()
+        sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="aig", setting="power:2", **kw)
+        assert counter["n"] == 2 * STEPS  # only the missing shard, both branches at each step
+        assert np.array_equal(np.load(shards[1])["images"], old)
+        assert shards[0].stat().st_mtime_ns == stamps[shards[0]]
+    finally:
+        h.remove()
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_generate_split_across_ranks(trained, tmp_path):
+    dom, _, _ = trained
+    kw = dict(prompt_set="tiny", batch_size=1, num_steps=2, guidance_scale=dom.config.guidance_scale)
+    i0 = sd.generate(dom.pipe, PROMPTS[:1], SEEDS, tmp_path, method="draft", rank=0, world_size=2, **kw)
+    assert not i0.exists()  # rank 1's shard is missing: no index yet
+    i1 = sd.generate(dom.pipe, PROMPTS[:1], SEEDS, tmp_path, method="draft", rank=1, world_size=2, **kw)
+    assert i1 == i0 and i1.is_file() and len(sd.read_index(tmp_path)) == 2
+
+
+def test_method_context_errors_and_restores(cache):
+    dom = make_domain("sd", cache)
+    with pytest.raises(ValueError, match="adapter"):
+        with sd.method_context(dom.pipe, "draft"):
+            pass
+    with pytest.raises(ValueError, match="method"):
+        with sd.method_context(dom.pipe, "dpo"):
+            pass
+    with pytest.raises(ValueError, match="adapter"):
+        sd.aig_unet(dom.pipe, "power:2")
+    dom.add_adapter(dom.base_model(), 4, 0)
+    with sd.method_context(dom.pipe, "combined", "0.3") as p:
+        assert isinstance(p.unet, sd.AIGUNet) and p.unet.gamma.spec == "step:0.3"
+    assert p.unet is dom.base_model()
+
+
+def test_sdconfig_validates_and_has_paper_presets():
+    with pytest.raises(ValueError, match=r"kind = 'sd2'.*allowed"):
+        sd.SDConfig(kind="sd2")
+    with pytest.raises(ValueError, match="reward"):
+        sd.SDConfig(reward="aesthetic")
+    xl = sd.SDConfig.paper("sdxl")
+    assert (xl.model, xl.num_steps, xl.guidance_scale, xl.resolution) == (sd.DEFAULT_MODELS["sdxl"], 25, 5.0, 1024)
+    v14 = sd.SDConfig.paper("sd")
+    assert (v14.num_steps, v14.guidance_scale, v14.resolution) == (25, 7.5, 512)
+    assert sd.SDConfig() == v14

@@ -1,0 +1,291 @@
+"""The gamma explorer (lib.widgets) without a browser: widget and mouse callbacks -> specs, refusals, the paired-seed
+preview backends, and the export into a params file."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib.backend_bases import MouseEvent
+
+from explorer_run import toy_run
+from lib.config import load
+from lib.schedules import parse
+from lib.widgets import (PRESETS, ExplorerState, GammaExplorer, Preview, ToyPreview, append_to_params, open_explorer,
+                         torch_threads)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    with torch_threads(1):
+        return toy_run(tmp_path_factory.getbasetemp() / "explorer_run")
+
+
+class CountingBackend:
+    """A preview backend that records what it was asked (the interface the view relies on)."""
+
+    kind = "points"
+
+    def __init__(self, state):
+        self.scheduler, self.num_steps = state.scheduler, state.num_steps
+        self.calls = []
+
+    def preview(self, schedule, num_steps=None):
+        import pandas as pd
+
+        self.calls.append((schedule.spec, num_steps))
+        x = np.zeros((4, 2))
+        return Preview(schedule.spec, "points", dict(base=x, draft=x, aig=x), ["gmm-0"],
+                       pd.DataFrame([dict(method=m, reward=0.0, fid=0.0, n=4) for m in ("base", "draft", "aig")]).set_index("method"),
+                       groups=np.zeros(4, int), num_steps=num_steps or 0)
+
+
+@pytest.fixture
+def view():
+    state = ExplorerState(num_steps=10)
+    return GammaExplorer(state, CountingBackend(state))
+
+
+def mouse(view, name, s, g, button=1, key=None):
+    """Send a matplotlib mouse event at data point (s, g) of the curve plot through the canvas' callbacks."""
+    canvas = view.curve_fig.canvas
+    x, y = view.ax_curve.transData.transform((s, g))
+    canvas.callbacks.process(name, MouseEvent(name, canvas, x, y, button=button, key=key))
+
+
+def test_power_slider_gives_power_spec(view):
+    view.family.value = "power"
+    view.sliders[("power", "p")].value = 3
+    assert view.state.spec == "power:3"
+    assert view.spec.value == "power:3"
+    assert view.backend.calls[-1] == ("power:3", 10)
+    assert parse(view.state.spec)(0.5) == pytest.approx(1 - 0.5**3)
+
+
+def test_family_and_presets(view):
+    view.preset.value = "step:0.4"
+    assert view.state.family == "step" and view.family.value == "step"
+    assert view.sliders[("step", "c")].value == pytest.approx(0.4)
+    assert view.sliders[("power", "p")].layout.display == "none"
+    view.family.value = "sigmoid"
+    view.sliders[("sigmoid", "k")].value = 20
+    view.sliders[("sigmoid", "c")].value = 0.3
+    assert view.state.spec == "sigmoid:20,0.3"
+    assert view.preset.value == "sigmoid:20,0.3"  # a preset again
+    view.preset.value = "tuned"
+    assert view.state.spec == "tuned" and view.state.family == "const"
+    for p in ("power:1", "power:1.25", "power:1.5", "power:2", "power:3", "power:4", "power:5"):
+        assert p in PRESETS
+
+
+def test_choosing_spline_starts_from_the_current_curve(view):
+    view.preset.value = "power:2"
+    view.family.value = "spline"
+    assert view.state.spec == "spline:0=0,0.25=0.44,0.5=0.75,0.75=0.94,1=1"
+    assert view.table.value.splitlines() == ["0=0", "0.25=0.44", "0.5=0.75", "0.75=0.94", "1=1"]
+    assert view.spline_box.layout.display == ""
+
+
+def test_click_adds_drag_moves_and_right_or_shift_click_removes(view):
+    view.family.value = "spline"
+    view.table.value = "0=0\n1=1"
+    assert view.state.spec == "spline:0=0,1=1"
+    mouse(view, "button_press_event", 0.5, 0.7)
+    assert view.state.spec == "spline:0=0,0.5=0.7,1=1"
+    assert "0.5=0.7" in view.table.value.splitlines()
+    n = len(view.backend.calls)
+    # drag: press on the point, move (curve only), release (preview)
+    mouse(view, "button_press_event", 0.5, 0.7)
+    mouse(view, "motion_notify_event", 0.55, 0.5)
+    mouse(view, "motion_notify_event", 0.6, 0.4)
+    assert view.state.spec == "spline:0=0,0.6=0.4,1=1"
+    assert len(view.backend.calls) == n  # no preview while dragging
+    mouse(view, "button_release_event", 0.6, 0.4)
+    assert view.backend.calls[-1][0] == "spline:0=0,0.6=0.4,1=1"
+    # clicks snap to the 0.01 grid
+    mouse(view, "button_press_event", 0.30201, 0.1149)
+    assert view.state.spec == "spline:0=0,0.3=0.11,0.6=0.4,1=1"
+    mouse(view, "button_press_event", 0.6, 0.4, button=3)  # right click removes
+    assert view.state.spec == "spline:0=0,0.3=0.11,1=1"
+    mouse(view, "button_press_event", 0.3, 0.11, key="shift")  # shift-click removes
+    assert view.state.spec == "spline:0=0,1=1"
+    mouse(view, "button_press_event", 0.8, 0.2, button=3)  # right click on empty space: nothing
+    assert view.state.spec == "spline:0=0,1=1"
+
+
+def test_table_edit_round_trips(view):
+    view.family.value = "spline"
+    view.table.value = "# s = g\n0 = 0\n0.3=0.6, 0.7=0.9\n\n1=1\n"
+    assert view.state.spec == "spline:0=0,0.3=0.6,0.7=0.9,1=1"
+    assert view.table.value == "0=0\n0.3=0.6\n0.7=0.9\n1=1"
+    assert parse(view.state.spec).spec == view.state.spec
+    state = ExplorerState()
+    assert state.load_spec(view.state.spec) and state.points_text() == view.table.value
+
+
+def test_invalid_curves_are_refused_and_the_last_valid_curve_stays(view):
+    view.family.value = "spline"
+    view.table.value = "0=0\n1=1"
+    n = len(view.backend.calls)
+    mouse(view, "button_press_event", 1.0, 1.0, button=3)  # would leave one point
+    assert view.state.spec == "spline:0=0,1=1"
+    assert "refused" in view.message.value and "at least 2 control points" in view.message.value
+    view.table.value = "0=0\n0.5=1.2\n1=1"  # typed values are not clamped
+    assert view.state.spec == "spline:0=0,1=1" and "outside [0, 1]" in view.message.value
+    assert view.table.value == "0=0\n0.5=1.2\n1=1"  # the typed text stays so it can be fixed
+    view.table.value = "0=0\n0.5=x"
+    assert "not s=g" in view.message.value
+    mouse(view, "button_press_event", 0.0, 0.5)  # a second point at s = 0
+    assert view.state.spec == "spline:0=0,1=1" and "already a control point" in view.message.value
+    assert len(view.backend.calls) == n  # refused edits do not recompute the preview
+    view.spec.value = "power:-1"
+    assert view.state.spec == "spline:0=0,1=1" and "must be > 0" in view.message.value
+    view.spec.value = "power:0.7"  # a typed valid spec loads
+    assert view.state.spec == "power:0.7" and view.message.value == ""
+    view.family.value = "step"
+    assert view.state.set_param("c", 1.5) is False and view.state.spec == "step:0.5"
+    view.family.value = "power"
+    mouse(view, "button_press_event", 0.5, 0.5)  # clicks need the spline family
+    assert view.state.spec == "power:0.7" and "spline family" in view.state.message
+    assert ExplorerState().set_num_steps(0) is False
+
+
+def test_non_monotone_curves_are_allowed_with_a_note():
+    state = ExplorerState()
+    assert state.set_points_text("0=0\n0.5=0.9\n0.7=0.3\n1=1")
+    assert state.spec == "spline:0=0,0.5=0.9,0.7=0.3,1=1"
+    assert state.message.startswith("note:") and "not monotone" in state.message
+    assert state.load_spec("const:0.5") and "convention" in state.message
+
+
+def test_markers_and_weights_at_the_ddim_steps(view):
+    view.preset.value = "power:1"
+    view.steps.value = 4
+    s = view.state.step_s()
+    assert np.allclose(s, [0.999, 0.749, 0.499, 0.249])  # DDIM "trailing" timesteps / 1000
+    base, tuned = view.state.step_weights()
+    assert np.allclose(base, s) and np.allclose(base + tuned, 1)
+    assert view.backend.calls[-1] == ("power:1", 4)
+    assert view.ax_weights.patches and len(view.ax_weights.patches) == 8  # 4 base + 4 tuned bars
+
+
+def test_toy_preview_uses_paired_seeds(run, monkeypatch):
+    cfg = load(run.params)
+    ex = open_explorer(run.params, run.run_dir, preview_samples=16, initial_spec="power:3")
+    be = ex.backend
+    assert isinstance(be, ToyPreview)
+    # the preview's seeds are the first ones of the run's coverage set (notebook 02's layout)
+    per = cfg.sweep.samples_per_prompt
+    assert be.pairs[:3] == [(0, 0), (0, 1), (0, 2)] and be.pairs[16] == (1, per)
+    seen = []
+    noise = be.domain.noise
+    monkeypatch.setattr(be.domain, "noise", lambda seeds: seen.append(list(seeds)) or noise(seeds))
+    be._fixed.clear()
+    be._cache.clear()
+    p = be.preview("power:2")
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2] == [s for _, s in be.pairs]  # base, DRaFT, AIG
+    assert np.array_equal(be.preview("base").panels["aig"], p.panels["base"])
+    assert np.array_equal(be.preview("tuned").panels["aig"], p.panels["draft"])
+    assert not np.array_equal(p.panels["base"], p.panels["draft"])
+    m = p.metrics
+    assert list(m.index) == ["base", "draft", "aig"] and m.loc["base", "fid"] == pytest.approx(0, abs=1e-9)
+    assert {"reward", "fid", "recall", "scd", "lscd"} <= set(m.columns) and (m["n"] == 64).all()
+
+
+def test_explorer_on_a_run_updates_preview_and_pareto(run):
+    ex = open_explorer(run.params, run.run_dir, preview_samples=16, initial_spec="power:2", diversity="recall")
+    assert ex.preview.spec == "power:2" and ex.state.num_steps == 8
+    before = ex.preview.panels["aig"].copy()
+    ex.sliders[("power", "p")].value = 4
+    assert ex.state.spec == "power:4" and ex.preview.spec == "power:4"
+    assert not np.array_equal(before, ex.preview.panels["aig"])
+    assert "gamma-metrics" in ex.metrics_html._dom_classes and "<table" in ex.metrics_html.value
+    labels = ex.pareto_ax.get_legend_handles_labels()[1]
+    assert any("power:4 (preview" in lb for lb in labels) and any("AIG" in lb for lb in labels)
+    ex.steps.value = 5
+    assert ex.preview.num_steps == 5
+    png = ex.snapshot(run.run_dir / "figures" / "explorer.png")
+    assert png[:4] == b"\x89PNG" and (run.run_dir / "figures" / "explorer.png").exists()
+    assert "spec: power:4" in ex.summary()
+
+
+def test_missing_artefacts_name_the_file_and_the_notebook(run, tmp_path):
+    empty = tmp_path / "empty_run"
+    with pytest.raises(FileNotFoundError, match=r"models/base\.safetensors.*01_training"):
+        open_explorer(run.params, empty)
+    shutil.copytree(run.run_dir / "models", empty / "models")
+    shutil.copytree(run.run_dir / "train", empty / "train")
+    with pytest.raises(FileNotFoundError, match=r"metrics\.csv.*03_metrics"):
+        open_explorer(run.params, empty)
+
+
+def test_export_appends_once_and_keeps_everything_else(tmp_path):
+    params = tmp_path / "smoke.yaml"
+    shutil.copy(ROOT / "params" / "smoke.yaml", params)
+    text0 = params.read_text()
+    data0 = yaml.safe_load(text0)
+    ok, msg = append_to_params(params, "spline:0=0,0.5=0.7,1=1")
+    assert ok and "appended" in msg and "comments" not in msg
+    data1 = yaml.safe_load(params.read_text())
+    assert data1["sweep"]["aig"] == data0["sweep"]["aig"] + ["spline:0=0,0.5=0.7,1=1"]
+    assert {k: v for k, v in data1.items() if k != "sweep"} == {k: v for k, v in data0.items() if k != "sweep"}
+    assert {k: v for k, v in data1["sweep"].items() if k != "aig"} == {k: v for k, v in data0["sweep"].items() if k != "aig"}
+    assert params.read_text().splitlines()[0] == text0.splitlines()[0]  # the header comment stays
+    assert load(params).sweep.aig[-1] == "spline:0=0,0.5=0.7,1=1"
+    text1 = params.read_text()
+    ok, msg = append_to_params(params, "power:2")  # already there
+    assert not ok and "already" in msg and params.read_text() == text1
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_export_block_lists_missing_lists_and_the_button(tmp_path, view):
+    block = tmp_path / "block.yaml"
+    block.write_text("run: x\n# keep me\nsweep:\n  aig:\n    - power:1  # first\n    - 'step:0.5'\n  samples_per_prompt: 10\n"
+                     "train:\n  steps: 3\n")
+    assert append_to_params(block, "sigmoid:10,0.5")[0]
+    text = block.read_text()
+    assert "# keep me" in text and "# first" in text
+    assert yaml.safe_load(text)["sweep"] == {"aig": ["power:1", "step:0.5", "sigmoid:10,0.5"], "samples_per_prompt": 10}
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("run: y  # a run\n")
+    from lib.config import SweepConfig
+
+    assert append_to_params(bare, "power:0.5")[0]
+    assert yaml.safe_load(bare.read_text())["sweep"]["aig"] == list(SweepConfig().aig) + ["power:0.5"]
+    # through the view's export button
+    view.preset.value = "power:5"
+    view.family.value = "spline"
+    view.export_path.value = str(block)
+    view.export_button.click()
+    assert "appended" in view.export_status.value
+    assert yaml.safe_load(block.read_text())["sweep"]["aig"][-1] == view.state.spec
+    view.export_path.value = str(tmp_path / "missing.yaml")
+    view.export_button.click()
+    assert "export failed" in view.export_status.value
+
+
+def test_sd_preview_backend_on_the_tiny_pipeline():
+    import torch
+
+    from lib.sd import SDConfig, SDDomain
+    from lib.widgets import SDPreview
+
+    domain = SDDomain(SDConfig.tiny())
+    unet = domain.add_adapter(domain.base_model(), rank=4, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    be = SDPreview(domain.pipe, "a red circle", seeds=(0, 1), num_steps=2, guidance_scale=2.0)
+    p = be.preview("base")
+    assert p.kind == "images" and p.panels["base"].shape == (2, 64, 64, 3) and p.panels["base"].dtype == np.uint8
+    assert np.array_equal(p.panels["aig"], p.panels["base"])
+    assert not np.array_equal(p.panels["draft"], p.panels["base"])
+    assert np.array_equal(be.preview("tuned").panels["aig"], p.panels["draft"])
+    state = ExplorerState(num_steps=be.num_steps, scheduler=be.scheduler)
+    assert len(state.step_s()) == 2
+    view = GammaExplorer(state, be)
+    assert view.preview.panels["aig"].shape == (2, 64, 64, 3)
