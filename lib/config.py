@@ -63,7 +63,7 @@ class SweepConfig:
     aig: tuple[str, ...] = ("power:1", "power:1.25", "power:1.5", "power:2", "power:3", "power:4", "power:5")
     combined: tuple[float, ...] = (0.2, 0.4, 0.5, 0.6, 0.8)  # switch points c of step:c
     samples_per_prompt: int = 500
-    prompt_sets: tuple[str, ...] = ("coverage",)  # domain splits; diversity is measured on 'coverage' only
+    prompt_sets: tuple[str, ...] = ("coverage",)  # domain prompt sets; diversity is measured on 'coverage' only
     eval_samples_per_prompt: int = 4  # samples per prompt on the other (reward-only) sets
     batch_size: int = 512
     seed_offset: int = 0  # seed of sample i of prompt j = seed_offset + j * samples_per_prompt + i
@@ -80,8 +80,8 @@ class SweepConfig:
         check("sweep.lora_scales", self.lora_scales, all(0 <= x <= 1 for x in self.lora_scales), "numbers in [0, 1]")
         check("sweep.combined", self.combined, all(0 <= x <= 1 for x in self.combined), "switch points in [0, 1]")
         check("sweep.samples_per_prompt", self.samples_per_prompt, self.samples_per_prompt >= 2, "an integer >= 2")
-        check("sweep.prompt_sets", self.prompt_sets, "coverage" in self.prompt_sets
-              and set(self.prompt_sets) <= {"coverage", "eval"}, "a list holding 'coverage' and optionally 'eval'")
+        check("sweep.prompt_sets", self.prompt_sets, "coverage" in self.prompt_sets and len(set(self.prompt_sets)) == len(self.prompt_sets),
+              "a list of distinct prompt-set names holding 'coverage' (others: 'eval' or a lib.prompts set name)")
         check("sweep.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
 
 

@@ -56,3 +56,12 @@ class Domain(Protocol):
 
     def features(self, samples: torch.Tensor) -> np.ndarray:
         """Feature vectors for the coverage metrics (N, D)."""
+
+    def to_storage(self, samples: torch.Tensor) -> np.ndarray:
+        """Samples as stored in notebook 02's shards (uint8 images for SD, float arrays for the toy)."""
+
+    def from_storage(self, stored: np.ndarray) -> torch.Tensor:
+        """Inverse of to_storage: what reward() and features() take."""
+
+    def sample_grid(self, samples: dict[str, tuple[np.ndarray, np.ndarray]]):
+        """Fig. 2 style figure of stored samples: {row label: (samples (N, ...), prompt indices (N,))}."""

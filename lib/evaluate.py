@@ -24,12 +24,14 @@ MAXIMIZE = {"reward": True, "recall": True, "precision": True, "clip": True, "di
             "fid": False, "scd": False, "lscd": False, "kl": False}
 
 
-def batched(fn: Callable[[torch.Tensor, list], torch.Tensor], x: np.ndarray, prompts: list, batch: int) -> np.ndarray:
-    """Apply a tensor function over rows of x in batches, without gradients: (N,) or (N, D)."""
+def batched(domain: Domain, fn: Callable[[torch.Tensor, list], torch.Tensor], x: np.ndarray, prompts: list,
+            batch: int) -> np.ndarray:
+    """Apply a function of samples (domain.from_storage of rows of x) in batches, without gradients: (N,) or (N, D)."""
     out = []
     with torch.no_grad():
         for lo in range(0, len(x), batch):
-            out.append(np.asarray(fn(torch.from_numpy(x[lo: lo + batch]), prompts[lo: lo + batch]).cpu(), dtype=np.float64))
+            v = fn(domain.from_storage(x[lo: lo + batch]), prompts[lo: lo + batch])
+            out.append(np.asarray(v.cpu() if torch.is_tensor(v) else v, dtype=np.float64))
     return np.concatenate(out)
 
 
@@ -38,11 +40,11 @@ def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, promp
     """Reward (mean, 95 % interval, n) and, on the coverage set, diversity metrics against the reference."""
     names = domain.prompts(prompt_set)
     prompts = [names[j] for j in prompt_idx]
-    r = batched(domain.reward, x, prompts, batch)
+    r = batched(domain, domain.reward, x, prompts, batch)
     mean, half, n = M.mean_ci(r)
     rows = [dict(method=m.method, setting=m.setting, prompt_set=prompt_set, metric="reward", value=mean, n=n, ci95=half)]
     if ref_features is not None:
-        f = batched(lambda xb, _: torch.from_numpy(domain.features(xb)), x, prompts, batch)
+        f = batched(domain, lambda xb, _: domain.features(xb), x, prompts, batch)
         for name in diversity:
             fn = DIVERSITY[name]
             value = fn(ref_features, f, k=k) if name in ("precision", "recall") else fn(ref_features, f)
@@ -56,7 +58,7 @@ def evaluate(domain: Domain, methods: Sequence[Method], samples_dir, prompt_sets
     rows = []
     for ps in prompt_sets:
         ref_x, ref_p, ref_s = read_samples(samples_dir, f"{ps}/{Method('base').key}")
-        ref_f = batched(lambda xb, _: torch.from_numpy(domain.features(xb)), ref_x, [None] * len(ref_x), batch) if ps == "coverage" else None
+        ref_f = batched(domain, lambda xb, _: domain.features(xb), ref_x, [None] * len(ref_x), batch) if ps == "coverage" else None
         for m in tqdm(methods, desc=f"metrics {ps}", disable=not progress):
             x, p, s = read_samples(samples_dir, f"{ps}/{m.key}")
             if not (np.array_equal(p, ref_p) and np.array_equal(s, ref_s)):

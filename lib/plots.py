@@ -136,3 +136,18 @@ def trajectory_figure(paths: dict[str, np.ndarray], reward_field=None, lim: floa
     fig.suptitle("sampling trajectories from the same noise (white: x_T, filled: x_0; grey: reward)")
     fig.tight_layout()
     return fig
+
+
+def image_grid(rows: dict[str, np.ndarray]) -> plt.Figure:
+    """uint8 images (n, 3, H, W) per row label, drawn side by side."""
+    ncol = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.8 * ncol, 1.9 * len(rows)), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        for c in range(ncol):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(np.transpose(imgs[c], (1, 2, 0)))
+        axes[r][0].text(-0.05, 0.5, name, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig

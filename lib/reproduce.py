@@ -57,12 +57,13 @@ def environment() -> dict:
             "python": platform.python_version(), "platform": platform.platform(), "packages": versions}
 
 
-def parameters_for(nb: Path, params_file: str, run_root: Path) -> dict:
-    """The runner's parameters that this notebook's parameters cell declares."""
+def parameters_for(nb: Path, params_file: str, run_root: Path, force: bool = False) -> dict:
+    """The runner's parameters that this notebook's parameters cell declares (--force reaches the stages too)."""
     import papermill as pm
 
     declared = set(pm.inspect_notebook(str(nb)))
-    offer = {"params_file": params_file, "run_dir": str(run_root), "figures_dir": str(run_root / "figures"), "progress": False}
+    offer = {"params_file": params_file, "run_dir": str(run_root), "figures_dir": str(run_root / "figures"),
+             "progress": False, "force": force}
     return {k: v for k, v in offer.items() if k in declared}
 
 
@@ -93,7 +94,7 @@ def run(params_file: str, only: list[str] | None = None, force: bool = False,
         manifest["stages"][stage] = {"status": "running", "hash": key, "start": start.isoformat()}
         write_text(manifest_path, json.dumps(manifest, indent=1))
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=parameters_for(nb, str(params_file), paths.root),
+            pm.execute_notebook(str(nb), str(out), parameters=parameters_for(nb, str(params_file), paths.root, force),
                                 cwd=str(ROOT), kernel_name="python3", progress_bar=False)
             status = "done"
         except pm.PapermillExecutionError as e:

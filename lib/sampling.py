@@ -24,19 +24,19 @@ def paired_seeds(num_prompts: int, per_prompt: int, offset: int = 0) -> list[tup
 
 
 def generate(domain: Domain, denoiser, prompts: Sequence[str], pairs: Sequence[tuple[int, int]], batch_size: int,
-             progress: bool = False) -> torch.Tensor:
-    """Samples (N, ...) for (prompt index, seed) pairs, grouped into batches of one prompt each."""
+             progress: bool = False) -> np.ndarray:
+    """Stored samples (N, ...) (domain.to_storage) for (prompt index, seed) pairs, in batches."""
     out = []
     with torch.no_grad():
         for lo in tqdm(range(0, len(pairs), batch_size), disable=not progress, desc="batches", leave=False):
             chunk = pairs[lo: lo + batch_size]
             cond = domain.encode([prompts[j] for j, _ in chunk])
             x = sample(denoiser, domain.scheduler, domain.noise([s for _, s in chunk]), cond, domain.num_steps)
-            out.append(domain.decode(x).cpu())
-    return torch.cat(out)
+            out.append(domain.to_storage(domain.decode(x)))
+    return np.concatenate(out)
 
 
-def write_samples(out_dir: Path, key: str, samples: torch.Tensor, pairs: Sequence[tuple[int, int]], stamp: str,
+def write_samples(out_dir: Path, key: str, samples: np.ndarray, pairs: Sequence[tuple[int, int]], stamp: str,
                   shard_size: int = 100_000) -> None:
     """Store samples (N, ...) with their prompt indices and seeds as npz shards."""
     folder = Path(out_dir) / key
@@ -44,7 +44,7 @@ def write_samples(out_dir: Path, key: str, samples: torch.Tensor, pairs: Sequenc
         p = np.array(pairs[lo: lo + shard_size])
         with atomic_path(folder / f"shard_{k:05d}.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, x=samples[lo: lo + shard_size].numpy(), prompt=p[:, 0], seed=p[:, 1], stamp=stamp)
+                np.savez(f, x=samples[lo: lo + shard_size], prompt=p[:, 0], seed=p[:, 1], stamp=stamp)
     with atomic_path(folder / "done.json") as tmp:
         tmp.write_text(json.dumps({"stamp": stamp, "n": len(pairs)}))
 

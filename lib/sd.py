@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -40,7 +41,7 @@ PAPER_SAMPLING = {
     "sd": dict(num_steps=25, guidance_scale=7.5, resolution=512),
     "sdxl": dict(num_steps=25, guidance_scale=5.0, resolution=1024),
 }
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections, as in diffusers' LoRA recipes
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")  # attention and feed-forward layers
 METHODS = ("base", "draft", "kl", "lora_scale", "aig", "combined")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -148,7 +149,16 @@ def load_pipeline(model_id_or_path: str, kind: str = "sd", dtype: torch.dtype | 
 
 # --------------------------------------------------------------------------------------------------- AIG UNet
 def _unet_of(obj) -> torch.nn.Module:
-    return obj.unet if hasattr(obj, "unet") and not isinstance(obj, AIGUNet) else obj
+    """The UNet (or UNet view) of a pipeline, or the object itself."""
+    return obj.unet if hasattr(obj, "unet") and not isinstance(obj, UNetView) else obj
+
+
+def _plain_unet(obj) -> torch.nn.Module:
+    """The underlying diffusers UNet of a pipeline, a UNet view or a UNet."""
+    obj = _unet_of(obj)
+    while isinstance(obj, UNetView):
+        obj = obj._modules["unet"]
+    return obj
 
 
 def has_adapter(unet: torch.nn.Module, adapter_name: str = ADAPTER) -> bool:
@@ -156,27 +166,74 @@ def has_adapter(unet: torch.nn.Module, adapter_name: str = ADAPTER) -> bool:
     return adapter_name in (getattr(unet, "peft_config", None) or {})
 
 
-class AIGUNet(torch.nn.Module):
-    """A drop-in `pipe.unet`: eps = gamma(s) eps_base + (1 - gamma(s)) eps_tuned, s = t / T (AIG paper Eq. 11).
+def _has_lora_layers(unet: torch.nn.Module) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    Tuned branch: `unet` with its active LoRA adapter. Base branch: `base_unet` if given, else the same `unet`
-    with its adapters switched off. A branch whose weight is zero is skipped (`lib.guidance.AIG`); `calls` counts
-    the UNet evaluations per branch. Attributes the pipelines read (config, dtype, device, add_embedding, ...)
-    are forwarded to `unet`.
-    """
+    return any(isinstance(m, BaseTunerLayer) for m in unet.modules())
 
-    def __init__(self, unet: torch.nn.Module, gamma: Schedule | str, base_unet: Optional[torch.nn.Module] = None,
-                 num_train_timesteps: int = 1000):
+
+class UNetView(torch.nn.Module):
+    """A module sharing `unet` that forwards attribute lookups (config, dtype, device, add_embedding, peft_config,
+    ...) to it, so pipelines and lib.lora accept it in place of the UNet."""
+
+    def __init__(self, unet: torch.nn.Module):
         super().__init__()
         self.unet = unet
-        self.base_unet = base_unet
-        self.guide = AIG(self._eps_base, self._eps_tuned, gamma, num_train_timesteps)
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["unet"], name)
+
+
+class BaseUNet(UNetView):
+    """The pre-trained network: the shared UNet with every attached LoRA adapter switched off."""
+
+    def forward(self, *args, **kwargs):
+        if _has_lora_layers(self.unet):
+            with adapter_disabled(self.unet):
+                return self.unet(*args, **kwargs)
+        return self.unet(*args, **kwargs)
+
+
+class AdapterUNet(UNetView):
+    """The shared UNet with one named adapter active: several loaded adapters (DRaFT, KL models) coexist in one
+    UNet and each view activates its own before running. Walking its modules (lib.lora.adapter_disabled,
+    lora_scale) activates it too, so those act on this view's adapter."""
+
+    def __init__(self, unet: torch.nn.Module, adapter_name: str):
+        super().__init__(unet)
+        self.adapter_name = adapter_name
+
+    def activate(self) -> "AdapterUNet":
+        """Make this view's adapter the UNet's active one."""
+        self._modules["unet"].set_adapter(self.adapter_name)
+        return self
+
+    def named_modules(self, *args, **kwargs):
+        self.activate()
+        return super().named_modules(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        self.activate()
+        return self.unet(*args, **kwargs)
+
+
+class AIGUNet(UNetView):
+    """A drop-in `pipe.unet`: eps = gamma(s) eps_base + (1 - gamma(s)) eps_tuned, s = t / T (AIG paper Eq. 11).
+
+    Tuned branch: `unet` with its active LoRA adapter (or an AdapterUNet view). Base branch: `base_unet` if given,
+    else the same `unet` with its adapters switched off. A branch whose weight is zero is skipped
+    (`lib.guidance.AIG`); `calls` counts the UNet evaluations per branch. Attributes the pipelines read (config,
+    dtype, device, add_embedding, ...) are forwarded to `unet`.
+    """
+
+    def __init__(self, unet: torch.nn.Module, gamma: Schedule | str, base_unet: Optional[torch.nn.Module] = None,
+                 num_train_timesteps: int = 1000):
+        super().__init__(unet)
+        self.base_unet = base_unet
+        self.guide = AIG(self._eps_base, self._eps_tuned, gamma, num_train_timesteps)
 
     @property
     def gamma(self) -> Schedule:
@@ -215,6 +272,8 @@ def aig_unet(pipe, gamma: Schedule | str, adapter_name: str = ADAPTER, base_unet
              num_train_timesteps: Optional[int] = None) -> AIGUNet:
     """Wrap `pipe.unet` (or a UNet) into the AIG UNet; gamma is the base weight (`step:c` = combined generation)."""
     unet = _unet_of(pipe)
+    if isinstance(unet, AdapterUNet):
+        adapter_name = unet.adapter_name
     if base_unet is None:
         if not has_adapter(unet, adapter_name):
             raise ValueError(f"the UNet has no LoRA adapter {adapter_name!r} (attached: "
@@ -420,25 +479,18 @@ class SDConfig:
     seed: int = 0  # initialisation seed of the tiny pipeline
 
     def __post_init__(self):
-        def bad(key, value, allowed):
-            raise ValueError(f"SDConfig.{key} = {value!r} is not allowed; allowed: {allowed}")
-
+        from lib.config import check  # ConfigError (a ValueError) naming the key, the value and what is allowed
         from lib.rewards import REWARDS
 
-        if self.kind not in KINDS:
-            bad("kind", self.kind, KINDS)
-        if self.dtype not in DTYPES:
-            bad("dtype", self.dtype, tuple(DTYPES))
-        if self.num_steps < 1:
-            bad("num_steps", self.num_steps, "an integer >= 1")
-        if self.guidance_scale < 1:
-            bad("guidance_scale", self.guidance_scale, "a number >= 1 (1 = no guidance)")
-        if self.resolution < 8 or self.resolution % 8:
-            bad("resolution", self.resolution, "a multiple of 8")
-        if self.reward not in REWARDS:
-            bad("reward", self.reward, REWARDS)
-        if self.lora_rank < 1:
-            bad("lora_rank", self.lora_rank, "an integer >= 1")
+        check("sd.kind", self.kind, self.kind in KINDS, " or ".join(KINDS))
+        check("sd.dtype", self.dtype, self.dtype in DTYPES, ", ".join(DTYPES))
+        check("sd.num_steps", self.num_steps, self.num_steps >= 1, "an integer >= 1")
+        check("sd.guidance_scale", self.guidance_scale, self.guidance_scale >= 1, "a number >= 1 (1 = no guidance)")
+        check("sd.resolution", self.resolution, self.resolution >= 8 and self.resolution % 8 == 0, "a multiple of 8")
+        check("sd.reward", self.reward, self.reward in REWARDS, ", ".join(REWARDS))
+        check("sd.lora_rank", self.lora_rank, self.lora_rank >= 1, "an integer >= 1")
+        check("sd.eval_prompts", self.eval_prompts, len(self.eval_prompts) >= 1, "at least one prompt set")
+        check("sd.features", self.features, len(self.features) >= 1, "at least one feature extractor")
 
     @classmethod
     def paper(cls, kind: str = "sd", **overrides) -> "SDConfig":
@@ -463,10 +515,12 @@ def _device(name: str) -> torch.device:
 class SDDomain:
     """`lib.domain.Domain` for Stable Diffusion: x is the UNet latent (B, 4, h, w), cond the text embeddings.
 
-    One UNet lives in memory: `base_model()` is the pipeline's frozen UNet and `add_adapter` / `load_adapter`
-    attach the LoRA adapter "draft" to it in place (replacing any previous one); the base model is recovered with
-    `lib.lora.adapter_disabled`. For SDXL, cond packs (prompt embeddings (B, 77, D), pooled text embedding, time
-    ids) into one tensor (B, 79, D) so `lib.guidance.cfg` and batching work on it unchanged.
+    One UNet lives in memory and the models share it: `base_model()` is a view that runs it with every adapter
+    switched off; `add_adapter` attaches a fresh trainable LoRA adapter "draft" in place (dropping all others) and
+    returns the UNet; `load_adapter` adds a stored adapter under its own name and returns an `AdapterUNet` view,
+    so the DRaFT model and the KL models can be held at once. For SDXL, cond packs (prompt embeddings (B, 77, D),
+    pooled text embedding, time ids) into one tensor (B, 79, D) so `lib.guidance.cfg` and batching work on it
+    unchanged.
     """
 
     def __init__(self, config: SDConfig = SDConfig(), pipe=None):
@@ -490,6 +544,8 @@ class SDDomain:
         self._reward = None
         self._extractors: dict[str, torch.nn.Module] = {}
         self._vae32 = None
+        self._base = BaseUNet(pipe.unet)
+        self._loaded: dict[str, str] = {}  # resolved adapter file -> adapter name in the UNet
 
     # --- conditions -------------------------------------------------------------------------------------------
     def prompts(self, split: str) -> list[str]:
@@ -566,28 +622,44 @@ class SDDomain:
         return cfg(lambda x, t, c: self.eps(model, x, t, c), self.null_cond, self.config.guidance_scale)
 
     def base_model(self) -> torch.nn.Module:
-        """The pipeline's frozen UNet (with any attached adapter it is the tuned model; see class docstring)."""
-        return self.pipe.unet
+        """The pre-trained network: a view of the pipeline's frozen UNet with every adapter switched off."""
+        return self._base
 
     def add_adapter(self, model: torch.nn.Module, rank: Optional[int] = None, seed: int = 0) -> torch.nn.Module:
-        """Attach a fresh LoRA adapter (peft; B = 0 so tuned == base at the start) to `model`, seeded, in place."""
+        """Attach a fresh seeded LoRA adapter "draft" (peft; B = 0, so tuned == base at the start) to the UNet
+        under `model`, in place, after dropping every other adapter; returns the UNet (its LoRA weights trainable)."""
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig
 
+        unet = _plain_unet(model)
         rank = rank or self.config.lora_rank
-        if getattr(model, "peft_config", None):
-            model.unload_lora()  # one adapter at a time: drop the previous one
+        if getattr(unet, "peft_config", None):
+            unet.unload_lora()  # views from load_adapter are invalid from here on
+            self._loaded.clear()
         lcfg = LoraConfig(r=rank, lora_alpha=self.config.lora_alpha or rank, init_lora_weights=True,
                           target_modules=list(LORA_TARGETS))
-        devices = [model.device.index or 0] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        devices = [unet.device.index or 0] if unet.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # seeded without touching the global generators
             torch.manual_seed(seed)
-            model.add_adapter(lcfg, adapter_name=ADAPTER)
-        model.set_adapter(ADAPTER)
-        cast_training_params(model, dtype=torch.float32)  # trainable LoRA weights in fp32 for AdamW
+            unet.add_adapter(lcfg, adapter_name=ADAPTER)
+        unet.set_adapter(ADAPTER)
+        cast_training_params(unet, dtype=torch.float32)  # trainable LoRA weights in fp32 for AdamW
         if self.config.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        return model
+            unet.enable_gradient_checkpointing()
+        return unet
+
+    @staticmethod
+    def _adapter_of(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+        """(plain UNet, adapter name) of a model returned by add_adapter or load_adapter."""
+        if isinstance(model, AdapterUNet):
+            return _plain_unet(model), model.adapter_name
+        unet = _plain_unet(model)
+        if has_adapter(unet, ADAPTER):
+            return unet, ADAPTER
+        active = unet.active_adapters() if getattr(unet, "peft_config", None) else []
+        if len(active) != 1:
+            raise ValueError(f"cannot tell which adapter to use: active adapters {active}")
+        return unet, active[0]
 
     def save_adapter(self, model: torch.nn.Module, path: str | os.PathLike) -> None:
         """Write the adapter as diffusers LoRA safetensors (`pipe.load_lora_weights(path)` reads it).
@@ -597,12 +669,13 @@ class SDDomain:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
+        unet, adapter = self._adapter_of(model)
         path = Path(path)
         folder, name = (path.parent, path.name) if path.suffix == ".safetensors" else (path, None)
         name = name or "pytorch_lora_weights.safetensors"
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name=ADAPTER))
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter))
         state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-        meta = model.peft_config[ADAPTER].to_dict()
+        meta = unet.peft_config[adapter].to_dict()
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".lora."))
         try:
@@ -612,18 +685,30 @@ class SDDomain:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def load_adapter(self, path: str | os.PathLike) -> torch.nn.Module:
-        """The base UNet with the adapter stored at `path` loaded (via `pipe.load_lora_weights`) as "draft"."""
+    def load_adapter(self, path: str | os.PathLike, adapter_name: Optional[str] = None) -> "AdapterUNet":
+        """The base UNet with the adapter stored at `path` (via `pipe.load_lora_weights`), as an AdapterUNet view.
+
+        Adapters loaded earlier stay usable. The name is `adapter_name`, else the one this file got before, else
+        "draft" if free, else "draft_<k>". Reloading a file replaces its weights.
+        """
         path = Path(path)
         folder, name = (path.parent, path.name) if path.suffix == ".safetensors" else (path, None)
-        unet = self.pipe.unet
-        if getattr(unet, "peft_config", None):
-            unet.unload_lora()
-        self.pipe.load_lora_weights(str(folder), weight_name=name or "pytorch_lora_weights.safetensors",
-                                    adapter_name=ADAPTER)
-        unet.set_adapter(ADAPTER)
+        name = name or "pytorch_lora_weights.safetensors"
+        key = str((folder / name).resolve())
+        unet = _plain_unet(self.pipe)
+        taken = set(getattr(unet, "peft_config", None) or {})
+        adapter = adapter_name or self._loaded.get(key)
+        if adapter is None:
+            adapter = ADAPTER if ADAPTER not in taken else next(
+                f"{ADAPTER}_{k}" for k in range(2, len(taken) + 3) if f"{ADAPTER}_{k}" not in taken)
+        if adapter in taken:
+            unet.delete_adapters(adapter)
+        with warnings.catch_warnings():  # several adapters in one UNet is the point here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            self.pipe.load_lora_weights(str(folder), weight_name=name, adapter_name=adapter)
+        self._loaded[key] = adapter
         unet.requires_grad_(False)
-        return unet
+        return AdapterUNet(unet, adapter).activate()
 
     # --- samples ----------------------------------------------------------------------------------------------
     def _vae(self):
@@ -681,6 +766,24 @@ class SDDomain:
         from lib.features import extract
 
         return extract(self.extractor(name), samples, device=self.device)
+
+    def to_storage(self, samples: torch.Tensor) -> np.ndarray:
+        """Images (N, 3, H, W) in [0, 1] -> uint8 (N, 3, H, W), as an image file would hold them."""
+        return (samples.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    def from_storage(self, stored: np.ndarray) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float images in [0, 1] on this domain's device."""
+        return torch.from_numpy(np.asarray(stored)).to(self.device).float() / 255.0
+
+    def sample_grid(self, samples: dict, prompts_shown: int = 4, per_prompt: int = 2):
+        """Image grid (Fig. 2 style): one row per method, `per_prompt` seeds of the first prompts."""
+        from lib.plots import image_grid
+
+        rows = {}
+        for name, (x, p) in samples.items():
+            picks = [i for j in range(prompts_shown) for i in np.flatnonzero(p == j)[:per_prompt]]
+            rows[name] = np.asarray(x)[picks]
+        return image_grid(rows)
 
     def pipeline_kwargs(self) -> dict:
         """num_steps, guidance_scale, height and width for `generate` from this config."""

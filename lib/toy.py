@@ -267,6 +267,13 @@ class ToyDomain:
         """The 2-D samples themselves: (N, 2)."""
         return samples.detach().cpu().double().numpy().reshape(len(samples), -1)
 
+    def to_storage(self, samples: torch.Tensor) -> np.ndarray:
+        """float32 points (N, 2)."""
+        return samples.detach().cpu().float().numpy()
+
+    def from_storage(self, stored: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(stored, dtype=np.float32))
+
     def reward_field(self, prompt: int, lim: float = 2.6, n: int = 120):
         """Reward on a grid for contour plots: x (n, n), y (n, n), r (n, n)."""
         g = torch.linspace(-lim, lim, n)

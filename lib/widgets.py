@@ -413,7 +413,7 @@ class ToyPreview:
             domain.num_steps = n
         with method_denoiser(domain, Method("aig", spec), self.tuned) as den:
             x = generate(domain, den, self.prompts, self.pairs, batch_size=len(self.pairs))
-        return x.numpy().astype(np.float32)
+        return np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)  # stored form: points (N, 2)
 
     def _rows(self, label: str, x: np.ndarray, ref_f: np.ndarray) -> dict:
         from lib.evaluate import method_rows
@@ -422,12 +422,18 @@ class ToyPreview:
         rows = method_rows(self.domain, Method(label), "coverage", x, self.groups, ref_f, self.diversity, self.k, len(x))
         return {"method": label, **{r["metric"]: r["value"] for r in rows}, "n": len(x)}
 
-    def _base_and_draft(self, n: int) -> dict:
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Coverage-metric features of stored samples (as notebook 03 computes them)."""
         import torch
 
+        d = self.domain
+        return np.asarray(d.features(d.from_storage(x) if hasattr(d, "from_storage") else torch.from_numpy(x)),
+                          dtype=np.float64)
+
+    def _base_and_draft(self, n: int) -> dict:
         if n not in self._fixed:
             base, draft = self.samples("base", n), self.samples("tuned", n)
-            ref_f = self.domain.features(torch.from_numpy(base))
+            ref_f = self.features(base)
             self._fixed[n] = dict(base=base, draft=draft, ref_f=ref_f,
                                   rows=[self._rows("base", base, ref_f), self._rows("draft", draft, ref_f)])
         return self._fixed[n]
@@ -634,7 +640,7 @@ def _style(name: str) -> dict:
     return STYLE.get(name, dict(color="tab:gray", marker="o", label=name))
 
 
-PANEL_LABEL = {"base": "base", "draft": "DRaFT"}
+PANEL_LABEL = {"base": "base", "draft": "DRaFT", "aig": "AIG γ"}
 
 
 def draw_curve(ax, state: ExplorerState) -> None:
@@ -695,16 +701,17 @@ class PreviewPlot:
                     art.set_offsets(x[preview.groups == c])
                 else:
                     art.set_data(x[c])
-            self.axes[r][0].set_ylabel(PANEL_LABEL.get(name, f"AIG {preview.spec}"), fontsize=8)
-        self.fig.suptitle(f"preview ({preview.num_steps} steps, same x_T in every row; {preview.seconds:.2f} s)",
-                          fontsize=9)
+            self.axes[r][0].set_ylabel(PANEL_LABEL.get(name, "AIG γ"), fontsize=8)
+        spec = preview.spec if len(preview.spec) <= 60 else preview.spec[:57] + "..."
+        self.fig.suptitle(f"AIG γ = {spec}\n{preview.num_steps} steps, the same x_T in every row "
+                          f"({preview.seconds:.2f} s)", fontsize=8)
 
     def _build(self, preview: Preview, names: list[str]) -> None:
         self.fig.clear()
         cols = len(preview.titles)
         self.axes = self.fig.subplots(len(names), cols, squeeze=False)
         if getattr(self.fig, "get_layout_engine", lambda: None)() is None:  # not inside a constrained snapshot
-            self.fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.9, wspace=0.04, hspace=0.04)
+            self.fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.87, wspace=0.04, hspace=0.04)
         lim = self.lim
         for r, name in enumerate(names):
             for c in range(cols):
@@ -755,12 +762,12 @@ def draw_pareto(ax, metrics: Optional[pd.DataFrame], diversity: str, preview: Op
             ax.scatter(m.loc[name, diversity], m.loc[name, "reward"], s=60, facecolor="none", lw=1.5, zorder=6,
                        edgecolor=_style(name)["color"], label=f"{PANEL_LABEL[name]} (preview)")
         ax.scatter(m.loc["aig", diversity], m.loc["aig", "reward"], marker="*", s=260, color="gold", edgecolor="k",
-                   zorder=7, label=f"γ = {preview.spec} (preview, n={int(m.loc['aig', 'n'])})")
+                   zorder=7, label=f"current γ (preview, n={int(m.loc['aig', 'n'])})")
     ax.set(xlabel=LABEL.get(diversity, diversity), ylabel=LABEL["reward"])
     ax.set_title("reward vs diversity: run (metrics.csv) and preview", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6, loc="best")
+        ax.legend(fontsize=6, loc="lower right")
 
 
 def snapshot_figure(state: ExplorerState, preview: Optional[Preview], metrics: Optional[pd.DataFrame],
@@ -853,7 +860,7 @@ class GammaExplorer:
         self.events: list[str] = []  # a log of what the callbacks did (for tests and debugging)
 
         self.family = W.ToggleButtons(options=FAMILIES, value=state.family, description="family")
-        self.family.style.button_width = "70px"
+        self.family.style.button_width = "80px"
         self.preset = W.Dropdown(options=[("custom", "")] + [(p, p) for p in PRESETS], value="", description="preset")
         self.sliders: dict[tuple[str, str], Any] = {}
         for fam, ps in PARAMS.items():
@@ -863,8 +870,8 @@ class GammaExplorer:
                 sl.add_class(f"gamma-param-{fam}-{p.name}")
                 sl.observe(self._param_changed(p.name), names="value")
                 self.sliders[(fam, p.name)] = sl
-        self.steps = W.IntSlider(value=state.num_steps, min=1, max=min(100, state.num_train_timesteps),
-                                 description="steps", continuous_update=False)
+        top = min(max(100, state.num_steps), state.num_train_timesteps)
+        self.steps = W.IntSlider(value=state.num_steps, min=1, max=top, description="steps", continuous_update=False)
         self.steps.add_class("gamma-steps")
         self.table = W.Textarea(value=state.points_text(), description="s=g", continuous_update=False,
                                 layout=W.Layout(width="180px", height="140px"))
@@ -872,23 +879,23 @@ class GammaExplorer:
         self.spec = W.Text(value=state.spec, description="γ spec", continuous_update=False,
                            layout=W.Layout(width="460px"))
         self.spec.add_class("gamma-spec")
-        self.message = W.HTML()
+        self.message = W.HTML(layout=W.Layout(min_height="28px", flex="1"))  # beside the spec: the plot never jumps
         self.message.add_class("gamma-message")
         self.diversity = W.Dropdown(options=self._diversity_options(diversity), description="diversity")
         self.metrics_html = W.HTML()
         self.metrics_html.add_class("gamma-metrics")
         self.export_path = W.Text(value=str(params_file or ""), description="params", layout=W.Layout(width="420px"))
-        self.export_button = W.Button(description="append to sweep.aig", icon="plus")
+        self.export_button = W.Button(description="append to sweep.aig", icon="plus", layout=W.Layout(width="auto"))
         self.export_status = W.HTML()
         self.export_status.add_class("gamma-export-status")
 
         self.curve_fig = new_figure((9.6, 3.1))
-        self.preview_fig = new_figure((6.4, 4.4))
-        self.pareto_fig = new_figure((4.2, 3.5))
+        self.preview_fig = new_figure((5.4, 4.0))
+        self.pareto_fig = new_figure((4.0, 3.4))
         self.ax_curve, self.ax_weights = self.curve_fig.subplots(1, 2, width_ratios=[1.3, 1])
         self.curve_fig.subplots_adjust(left=0.07, right=0.99, bottom=0.16, top=0.9, wspace=0.18)
         self.pareto_ax = self.pareto_fig.subplots()
-        self.pareto_fig.subplots_adjust(left=0.17, right=0.97, bottom=0.14, top=0.91)
+        self.pareto_fig.subplots_adjust(left=0.18, right=0.97, bottom=0.15, top=0.91)
         self.preview_plot = PreviewPlot(self.preview_fig)
         self.curve_slot = _Slot(self.curve_fig, "gamma-curve")
         self.preview_slot = _Slot(self.preview_fig, "gamma-preview")
@@ -911,7 +918,7 @@ class GammaExplorer:
         controls = W.HBox([W.VBox([self.family, W.HBox([self.preset, self.steps]), self.param_box]), self.spline_box])
         wrap = W.Layout(flex_flow="row wrap", align_items="flex-start")
         self.widget = W.VBox([
-            controls, self.spec, self.message, self.curve_slot.widget,
+            controls, W.HBox([self.spec, self.message]), self.curve_slot.widget,
             W.HBox([self.preview_slot.widget, W.VBox([self.diversity, self.pareto_slot.widget])], layout=wrap),
             self.metrics_html, W.HBox([self.export_path, self.export_button], layout=wrap), self.export_status])
         self.widget.add_class("gamma-explorer")
@@ -941,7 +948,8 @@ class GammaExplorer:
             fam = next(f for (f, n), sl in self.sliders.items() if sl is change["owner"])
             if fam != self.state.family:
                 return
-            self._after(f"slider {name}={change['new']}", self.state.set_param(name, change["new"]))
+            value = round(float(change["new"]), 6)  # slider arithmetic: 2.9499999999999997 -> 2.95
+            self._after(f"slider {name}={value}", self.state.set_param(name, value))
         return cb
 
     def _family_changed(self, change):
@@ -984,11 +992,12 @@ class GammaExplorer:
             self._after("click", self.state.add_point(event.xdata, event.ydata))  # refused with a hint
             return
         i, d = self._nearest_px(event)
-        self.events.append(f"press button={event.button} key={event.key} modifiers={getattr(event, 'modifiers', None)} d={d:.1f}")
         near = i is not None and d <= PICK_PX
         # ipympl reports shift as a modifier of the mouse event; other canvases as the key held
         shift = "shift" in str(event.key or "") or "shift" in (getattr(event, "modifiers", None) or ())
         remove = int(event.button or 0) == 3 or shift
+        self.events.append(f"press button {int(event.button or 0)}{' +shift' if shift else ''} at "
+                           f"({event.xdata:.3f}, {event.ydata:.3f}), nearest point {d:.0f} px")
         if remove:
             if near:
                 self._after(f"remove point {i}", self.state.remove_point(i))

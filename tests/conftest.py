@@ -1,11 +1,22 @@
-"""Shared fixtures: a small pre-trained toy domain and a DRaFT model fine-tuned on it (built once per session)."""
-from pathlib import Path
+"""Shared fixtures: a small pre-trained toy domain and a DRaFT model fine-tuned on it (built once per session).
 
-import pytest
+Tests run torch on one thread (also in the notebook kernels they start): the toy MLP and the tiny pipelines are
+far too small to gain from two, and on a busy 2-core machine two threads per process thrash.
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from lib.config import TrainConfig
 from lib.toy import ToyConfig, ToyDomain
 from lib.train import train
+
+torch.set_num_threads(1)
 
 TOY = ToyConfig(pretrain_steps=1000, num_steps=10)
 DRAFT = TrainConfig(steps=300, batch_size=64, lr=2e-3, grad_clip=1.0, checkpoint_every=100)

@@ -10,7 +10,6 @@ import dataclasses
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 
 from lib.config import from_dict
@@ -65,9 +64,9 @@ def toy_run(root: Path) -> ToyRun:
     for m in (Method("base"), Method("draft"), Method("aig", "power:1"), Method("aig", "power:2"),
               Method("lora_scale", "alpha=0.5")):
         with method_denoiser(domain, m, tuned) as den:
-            x = generate(domain, den, prompts, pairs, cfg.sweep.batch_size).numpy()
+            x = generate(domain, den, prompts, pairs, cfg.sweep.batch_size)  # stored form (N, 2)
         if ref is None:
-            ref = domain.features(torch.from_numpy(x))
+            ref = domain.features(domain.from_storage(x))
         rows += method_rows(domain, m, "coverage", x, groups, ref, cfg.metrics.diversity, cfg.metrics.k, len(x))
     pd.DataFrame(rows).to_csv(paths.metrics, index=False)
     return run

@@ -30,8 +30,8 @@ NOTEBOOK = ROOT / "notebooks" / "05_gamma_explorer.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-INSTALL_HINT = ("`make test` installs it (it runs `apt-get update && apt-get install -y chromium`); "
-                "or run that apt-get command yourself")
+INSTALL_HINT = ("`make browser-deps` installs it (`make test` runs that target first): "
+                "apt-get update && apt-get install -y chromium")
 
 
 def free_port() -> int:
@@ -130,7 +130,7 @@ def test_explorer_in_a_real_browser(tmp_path, tmp_path_factory):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page = browser.new_page(viewport={"width": 1400, "height": 2000})  # the whole explorer in view
                 page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
                 poll(lambda: any(s["kernel"]["execution_state"] == "idle" for s in get_json(url + "/api/sessions")),
@@ -162,21 +162,26 @@ def test_explorer_in_a_real_browser(tmp_path, tmp_path_factory):
                 poll(lambda: spec.input_value().startswith("spline:"), 30, "the spline family")
                 n0 = len(parse(spec.input_value()).points)
                 canvas = page.locator(".gamma-curve canvas").last
-                canvas.scroll_into_view_if_needed()
-                box = canvas.bounding_box()
-                x, y = box["x"] + fx * box["width"], box["y"] + (1 - fy) * box["height"]
-                page.mouse.click(x, y)
+
+                def click(shift=False):  # at data point (0.62, 0.3) of the curve plot
+                    canvas.scroll_into_view_if_needed()
+                    box = canvas.bounding_box()
+                    if shift:
+                        page.keyboard.down("Shift")
+                    page.mouse.click(box["x"] + fx * box["width"], box["y"] + (1 - fy) * box["height"])
+                    if shift:
+                        page.keyboard.up("Shift")
+
+                click()
 
                 def added():
                     pts = parse(spec.input_value()).points
                     return len(pts) == n0 + 1 and any(abs(s - 0.62) <= 0.02 and abs(g - 0.3) <= 0.02 for s, g in pts)
 
                 poll(added, 30, f"a control point near (0.62, 0.3) in {spec.input_value()}")
-                page.keyboard.down("Shift")
-                page.mouse.click(x, y)
-                page.keyboard.up("Shift")
+                click(shift=True)
                 poll(lambda: len(parse(spec.input_value()).points) == n0, 30, "the shift-click to remove the point")
-                page.mouse.click(x, y)  # add it again for the picture
+                click()  # add it again for the picture
                 poll(added, 30, "the point again")
                 time.sleep(1.0)  # let the preview canvas repaint
                 shot = tmp_path / "explorer_screenshot.png"

@@ -165,7 +165,7 @@ def test_aig_base_tuned_and_calls(trained):
             img = run(dom.pipe)
         assert np.array_equal(img, ref), spec  # exact: the skipped branch contributes nothing
         assert dict(w.calls) == calls
-    assert dom.pipe.unet is dom.base_model() and not isinstance(dom.pipe.unet, sd.AIGUNet)  # restored
+    assert not isinstance(dom.pipe.unet, sd.UNetView)  # the pipeline's UNet is restored
 
 
 def test_aig_step_equals_switching_unets_mid_sampling(trained):
@@ -199,7 +199,7 @@ def test_aig_power_mixes_both_branches_and_composes_with_cfg(trained):
         img = run(dom.pipe)
     assert dict(w.calls) == {"base": STEPS, "tuned": STEPS}
     assert np.abs(img - plain).max() > 0 and np.abs(img - tuned).max() > 0
-    unet = dom.base_model()
+    unet = dom.pipe.unet
     x, c = dom.noise([0]), dom.encode(PROMPTS[:1])
     t = torch.tensor(600)
     guided = dom.denoiser(w)(x, t, c)  # CFG over the mixed UNet
@@ -213,7 +213,7 @@ def test_aig_power_mixes_both_branches_and_composes_with_cfg(trained):
 def test_aig_unet_forwards_pipeline_attributes(trained):
     dom, _, _ = trained
     w = sd.aig_unet(dom.pipe, "power:2")
-    unet = dom.base_model()
+    unet = dom.pipe.unet
     assert w.config is unet.config and w.dtype == unet.dtype and w.device == unet.device
     if dom.config.kind == "sdxl":
         assert w.add_embedding is unet.add_embedding
@@ -228,7 +228,7 @@ def test_aig_with_a_separate_base_unet(cache):
     dom = make_domain("sd", cache)
     import copy
 
-    base = copy.deepcopy(dom.base_model())
+    base = copy.deepcopy(dom.pipe.unet)
     plain = run(dom.pipe)
     perturb_lora(dom.add_adapter(dom.base_model(), rank=4, seed=0))
     w = sd.aig_unet(dom.pipe, "base", base_unet=base)
@@ -245,7 +245,7 @@ def test_lora_scale_zero_is_base_and_one_is_tuned(cache):
         assert np.array_equal(run(dom.pipe), plain)
     with sd.method_context(dom.pipe, "lora_scale", "1"):
         assert np.array_equal(run(dom.pipe), tuned)
-    with lora_scale(dom.base_model(), 0.5):
+    with lora_scale(dom.pipe.unet, 0.5):
         half = run(dom.pipe)
     assert np.abs(half - plain).max() > 1e-4 and np.abs(half - tuned).max() > 1e-4
     assert np.array_equal(run(dom.pipe), tuned)  # scale restored
@@ -268,7 +268,7 @@ def test_domain_sampler_matches_the_pipeline(trained):
     """lib.samplers.sample over domain.denoiser + domain.decode reproduces the diffusers pipeline's images."""
     dom, _, tuned = trained
     with torch.no_grad():
-        x0 = sample(dom.denoiser(dom.base_model()), dom.scheduler, dom.noise(SEEDS), dom.encode(PROMPTS), STEPS)
+        x0 = sample(dom.denoiser(dom.pipe.unet), dom.scheduler, dom.noise(SEEDS), dom.encode(PROMPTS), STEPS)
         img = dom.decode(x0).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(img, tuned, atol=1e-5)
     assert dom.encode(PROMPTS).shape[0] == 2 and dom.null_cond.shape[0] == 1
@@ -328,7 +328,7 @@ def test_gradient_checkpointing_gives_the_same_draft1_gradient(cache):
 
 def test_saved_adapter_loads_with_load_lora_weights_and_reproduces_images(trained, tmp_path):
     dom, _, tuned = trained
-    dom.save_adapter(dom.base_model(), tmp_path / "lora")
+    dom.save_adapter(dom.pipe.unet, tmp_path / "lora")
     f = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
     from safetensors import safe_open
 
@@ -344,6 +344,47 @@ def test_saved_adapter_loads_with_load_lora_weights_and_reproduces_images(traine
     np.testing.assert_allclose(run(dom2.pipe), tuned, atol=1e-6)
 
 
+def test_loaded_adapters_coexist_as_views_of_one_unet(cache, tmp_path):
+    """The sweep holds the DRaFT model and KL models at once (lib.stages): each load_adapter is its own model."""
+    from lib.methods import Method, method_denoiser
+
+    dom = make_domain("sd", cache)
+    x_T, c = dom.noise(SEEDS), dom.encode(PROMPTS)
+
+    def draw(d, model):
+        with torch.no_grad():
+            return sample(d.denoiser(model), d.scheduler, x_T, c, STEPS)
+
+    base0 = draw(dom, dom.base_model())
+    unet = dom.add_adapter(dom.base_model(), 4, 0)
+    refs = {}
+    for k in ("a", "b"):
+        perturb_lora(unet, seed=ord(k))
+        refs[k] = draw(dom, unet)
+        dom.save_adapter(unet, tmp_path / f"{k}.safetensors")
+    assert not torch.allclose(refs["a"], refs["b"]) and torch.equal(draw(dom, dom.base_model()), base0)
+
+    dom2 = make_domain("sd", cache)
+    a = dom2.load_adapter(tmp_path / "a.safetensors")
+    b = dom2.load_adapter(tmp_path / "b.safetensors")
+    assert (a.adapter_name, b.adapter_name) == ("draft", "draft_2") and a.unet is b.unet
+    for view, k in ((b, "b"), (a, "a"), (b, "b")):  # interleaved use
+        torch.testing.assert_close(draw(dom2, view), refs[k], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(draw(dom2, dom2.base_model()), base0, atol=1e-5, rtol=1e-5)
+    with lora_scale(a, 0.0):
+        torch.testing.assert_close(draw(dom2, a), base0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(draw(dom2, b), refs["b"], atol=1e-5, rtol=1e-5)  # b's scale untouched
+    with adapter_disabled(b):
+        torch.testing.assert_close(draw(dom2, b), base0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(draw(dom2, sd.aig_unet(b, "tuned")), refs["b"], atol=1e-5, rtol=1e-5)
+    with method_denoiser(dom2, Method("lora_scale", "alpha=0"), a) as den, torch.no_grad():
+        torch.testing.assert_close(sample(den, dom2.scheduler, x_T, c, STEPS), base0, atol=1e-5, rtol=1e-5)
+    with method_denoiser(dom2, Method("base"), b) as den, torch.no_grad():
+        torch.testing.assert_close(sample(den, dom2.scheduler, x_T, c, STEPS), base0, atol=1e-5, rtol=1e-5)
+    assert dom2.load_adapter(tmp_path / "a.safetensors").adapter_name == "draft"  # reloading keeps the name
+    assert sorted(dom2.pipe.unet.peft_config) == ["draft", "draft_2"]
+
+
 def test_add_adapter_is_seeded_and_replaces_the_previous_one(cache):
     dom = make_domain("sd", cache)
     rng = torch.get_rng_state()
@@ -353,7 +394,7 @@ def test_add_adapter_is_seeded_and_replaces_the_previous_one(cache):
     c = lora_parameters(dom.add_adapter(dom.base_model(), 4, seed=6))
     assert len(a) == len(b) == len(c) and all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    assert list(dom.base_model().peft_config) == ["draft"]
+    assert list(dom.pipe.unet.peft_config) == ["draft"]
 
 
 # ----------------------------------------------------------------------------------------------- generation
@@ -417,11 +458,11 @@ def test_method_context_errors_and_restores(cache):
     dom.add_adapter(dom.base_model(), 4, 0)
     with sd.method_context(dom.pipe, "combined", "0.3") as p:
         assert isinstance(p.unet, sd.AIGUNet) and p.unet.gamma.spec == "step:0.3"
-    assert p.unet is dom.base_model()
+    assert p.unet is sd._plain_unet(dom.base_model()) and not isinstance(p.unet, sd.UNetView)
 
 
 def test_sdconfig_validates_and_has_paper_presets():
-    with pytest.raises(ValueError, match=r"kind = 'sd2'.*allowed"):
+    with pytest.raises(ValueError, match=r"sd.kind = 'sd2' is not allowed: expected sd or sdxl"):
         sd.SDConfig(kind="sd2")
     with pytest.raises(ValueError, match="reward"):
         sd.SDConfig(reward="aesthetic")

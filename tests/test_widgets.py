@@ -203,12 +203,24 @@ def test_explorer_on_a_run_updates_preview_and_pareto(run):
     assert not np.array_equal(before, ex.preview.panels["aig"])
     assert "gamma-metrics" in ex.metrics_html._dom_classes and "<table" in ex.metrics_html.value
     labels = ex.pareto_ax.get_legend_handles_labels()[1]
-    assert any("power:4 (preview" in lb for lb in labels) and any("AIG" in lb for lb in labels)
+    assert any("current γ (preview" in lb for lb in labels) and any("AIG" in lb for lb in labels)
     ex.steps.value = 5
     assert ex.preview.num_steps == 5
     png = ex.snapshot(run.run_dir / "figures" / "explorer.png")
     assert png[:4] == b"\x89PNG" and (run.run_dir / "figures" / "explorer.png").exists()
     assert "spec: power:4" in ex.summary()
+
+
+def test_full_size_preview_reproduces_the_runs_metrics(run):
+    """With the run's samples per prompt, the preview's seeds are the run's coverage seeds: same numbers as metrics.csv."""
+    import pandas as pd
+
+    per = load(run.params).sweep.samples_per_prompt
+    ex = open_explorer(run.params, run.run_dir, preview_samples=per, initial_spec="power:2")
+    t = pd.read_csv(run.paths.metrics).pivot_table(index=["method", "setting"], columns="metric", values="value")
+    for row, key in (("base", ("base", "-")), ("draft", ("draft", "-")), ("aig", ("aig", "power:2"))):
+        for metric in ("reward", "fid", "recall", "scd", "lscd"):
+            assert ex.preview.metrics.loc[row, metric] == pytest.approx(t.loc[key, metric], rel=1e-4, abs=1e-6)
 
 
 def test_missing_artefacts_name_the_file_and_the_notebook(run, tmp_path):
