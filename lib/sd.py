@@ -509,7 +509,13 @@ class SDConfig:
 
 
 def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    """'auto' = this process's GPU if there is one (cuda:<local rank> under accelerate/torchrun), else cpu;
+    'cuda' also means this process's GPU."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        from lib.train import process_state
+
+        return process_state().device
+    return torch.device("cpu" if name == "auto" else name)
 
 
 class SDDomain:

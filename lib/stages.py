@@ -36,14 +36,19 @@ def _lambda(m: Method) -> float:
 def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True,
                 include_kl: bool = True) -> dict[str, pd.DataFrame]:
     """Notebook 01: pre-train the toy base (toy only), then DRaFT and every KL run; returns their step logs."""
+    from lib.train import process_state
+
+    state = process_state()  # one process in a notebook; several under `accelerate launch -m lib.launch`
     domain = make_domain(cfg, paths)
     if cfg.domain == "toy":
         stamp = paths.base_model.with_suffix(".json")
         key = config_hash(dataclasses.asdict(cfg.toy))
-        if force or not paths.base_model.exists() or not stamp.exists() or json.loads(stamp.read_text())["hash"] != key:
+        stale = force or not paths.base_model.exists() or not stamp.exists() or json.loads(stamp.read_text())["hash"] != key
+        if stale and state.is_main_process:
             losses = domain.pretrain(paths.base_model, progress=progress)
             with atomic_path(stamp) as tmp:
                 tmp.write_text(json.dumps({"hash": key, "final_loss": sum(losses[-100:]) / len(losses[-100:])}))
+        state.wait_for_everyone()
     logs = {}
     for m, tcfg in kl_configs(cfg).items():
         if m.method == "kl" and not include_kl:

@@ -83,64 +83,103 @@ def draft_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts
 
 def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Fine-tune a LoRA adapter; writes adapter.safetensors, log.csv and train.json to out_dir; resumes from a
-    checkpoint of the same config."""
+    checkpoint of the same config.
+
+    Under `accelerate launch` (DDP: one process per GPU, or `--cpu`) every process draws its own prompts and noise,
+    the LoRA gradients are averaged across processes before clipping (so the replicas stay identical; train.json
+    records a digest of each replica's weights), and the main process writes the files.
+    """
+    from accelerate.utils import gather_object, reduce
+
+    state = process_state()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = _key(domain, cfg)
     model = domain.add_adapter(domain.base_model(), rank=cfg.lora_rank, seed=cfg.seed)
     params = lora_parameters(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    rng = torch.Generator().manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(cfg.seed + 1_000_003 * state.process_index)  # each process its own data
     log: list[dict] = []
-    start = _resume(out_dir / "checkpoint.pt", key, model, opt, rng, log)
+    start = _resume(out_dir / "checkpoint.pt", key, model, opt, rng, log, state.process_index)
     prompts = domain.prompts("train")
-    bar = tqdm(range(start, cfg.steps), desc=f"train {out_dir.name}", disable=not progress, initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc=f"train {out_dir.name}", disable=not (progress and state.is_main_process),
+               initial=start, total=cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
         opt.zero_grad()
-        stats = {"reward": 0.0, "kl": 0.0, "loss": 0.0}
+        stats = torch.zeros(3)  # reward, kl, loss
         for _ in range(cfg.grad_accum):
             idx = torch.randint(len(prompts), (cfg.batch_size,), generator=rng).tolist()
             seeds = torch.randint(2**31 - 1, (cfg.batch_size,), generator=rng).tolist()
             out = draft_loss(domain, model, cfg, [prompts[i] for i in idx], seeds, rng)
             (out["loss"] / cfg.grad_accum).backward()
-            for k in stats:
-                stats[k] += float(out[k].detach()) / cfg.grad_accum
+            stats += torch.stack([out[k].detach().float().cpu() for k in ("reward", "kl", "loss")]) / cfg.grad_accum
+        if state.num_processes > 1:
+            for p in params:
+                p.grad = reduce(p.grad, reduction="mean")
+            stats = reduce(stats.to(state.device), reduction="mean").cpu()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         opt.step()
-        log.append({"step": step + 1, **stats, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0})
-        bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2e}")
+        reward, kl, loss = stats.tolist()
+        log.append({"step": step + 1, "reward": reward, "kl": kl, "loss": loss, "grad_norm": grad_norm,
+                    "seconds": time.perf_counter() - t0})
+        bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.2e}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _checkpoint(out_dir / "checkpoint.pt", key, model, opt, rng, log, step + 1)
-    domain.save_adapter(model, out_dir / "adapter.safetensors")
+            rngs = gather_object([rng.get_state()]) if state.num_processes > 1 else [rng.get_state()]
+            if state.is_main_process:
+                _checkpoint(out_dir / "checkpoint.pt", key, model, opt, rngs, log, step + 1)
+    digests = _digest(params)
+    digests = gather_object([digests]) if state.num_processes > 1 else [digests]
     frame = pd.DataFrame(log)
-    with atomic_path(out_dir / "log.csv") as tmp:
-        frame.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "train.json") as tmp:
-        tmp.write_text(json.dumps({"config": asdict(cfg), "hash": key}, indent=1))
+    if state.is_main_process:
+        domain.save_adapter(model, out_dir / "adapter.safetensors")
+        with atomic_path(out_dir / "log.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        meta = {"config": asdict(cfg), "hash": key, "processes": state.num_processes, "replica_digests": digests}
+        with atomic_path(out_dir / "train.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=1))
+    state.wait_for_everyone()
     return model, frame
 
 
-def _checkpoint(path: Path, key: str, model, opt, rng, log, step: int) -> None:
+def process_state():
+    """accelerate's PartialState: one process in a notebook, DDP processes under `accelerate launch`/torchrun
+    (gloo on CPU, nccl on GPUs)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _digest(params: list[torch.Tensor]) -> str:
+    """sha256 of the LoRA weights (replicas of a distributed run must agree)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _checkpoint(path: Path, key: str, model, opt, rngs: list, log, step: int) -> None:
     state = {"key": key, "step": step, "lora": {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n},
-             "opt": opt.state_dict(), "rng": rng.get_state(), "log": log}
+             "opt": opt.state_dict(), "rngs": rngs, "log": log}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _resume(path: Path, key: str, model, opt, rng, log) -> int:
-    """Load a checkpoint of the same config; returns the step to continue from (0 if none)."""
+def _resume(path: Path, key: str, model, opt, rng, log, rank: int = 0) -> int:
+    """Load a checkpoint of the same config (and process count); returns the step to continue from (0 if none)."""
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=False)
-    if state.get("key") != key:
+    if state.get("key") != key or rank >= len(state.get("rngs", [])):
         return 0
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, v in state["lora"].items():
             params[n].copy_(v)
     opt.load_state_dict(state["opt"])
-    rng.set_state(state["rng"])
+    rng.set_state(state["rngs"][rank])
     log.extend(state["log"])
     return int(state["step"])
 
