@@ -34,3 +34,9 @@ def draft_run(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("draft")
     model, log = train(toy, DRAFT, out, progress=False)
     return model, log, Path(out)
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> str:
+    """A cache folder for tokenizer files and features written by the SD tests."""
+    return str(tmp_path_factory.mktemp("cache"))

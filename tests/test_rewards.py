@@ -10,19 +10,6 @@ from lib import rewards as R
 PROMPTS = ["a photo of a cat", "an oil painting of a lighthouse at dusk"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 def smooth_image(size: int = 512, seed: int = 0) -> torch.Tensor:
     """A natural-looking test image (1, 3, size, size) in [0, 1]: smooth colour fields plus a sharp rectangle."""
     g = torch.Generator().manual_seed(seed)

@@ -17,20 +17,6 @@ SEEDS = [3, 7]
 STEPS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks are overhead-bound: one intra-op thread avoids thread thrashing on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 def make_domain(kind: str, cache: str) -> sd.SDDomain:
     return sd.SDDomain(sd.SDConfig.tiny(kind, cache_dir=cache))
 

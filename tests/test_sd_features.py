@@ -8,14 +8,6 @@ import torch
 from lib import features as Fe
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Counting(torch.nn.Module):
     """Mean colour + a random projection; counts its calls."""
 
