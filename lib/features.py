@@ -177,7 +177,7 @@ def extract(extractor: torch.nn.Module, images, batch_size: int = 32, device=Non
             out.append(extractor(batch).float().reshape(batch.shape[0], -1).cpu().numpy())
     feats = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
     if path is not None:
-        from lib.prompts import atomic_write
+        from lib.io import atomic_write
 
         atomic_write(path, lambda fh: np.savez(fh, features=feats))
     return feats

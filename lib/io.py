@@ -25,6 +25,13 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def atomic_write(path: Path | str, write) -> None:
+    """Call write(binary file) on a temporary file next to `path`, then move it into place in one step."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+
+
 def write_text(path: Path | str, text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(path) as tmp:

@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from lib.evaluate import MAXIMIZE
 from lib.io import atomic_path
 
 STYLE = {  # the paper's colours: base green, DRaFT red, ideal gold, KL blue, LoRA pink, AIG orange

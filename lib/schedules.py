@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-Array = Union[float, np.ndarray, "torch.Tensor"]  # noqa: F821
+Array = Any  # a float, an np.ndarray or a torch.Tensor: gamma returns the same type
 
 FORMS = (
     "power:p (p > 0)",

@@ -29,7 +29,7 @@ import torch
 
 from lib.guidance import AIG, Denoiser, cfg
 from lib.lora import adapter_disabled, lora_scale
-from lib.prompts import atomic_write
+from lib.io import atomic_write
 from lib.samplers import per_sample_noise
 from lib.schedules import Schedule, parse
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
-
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lib.config import RunConfig
+from lib.config import RunConfig, TrainConfig
 from lib.evaluate import evaluate, kl_rows
 from lib.io import atomic_path, config_hash
 from lib.methods import Method, method_denoiser, sweep_methods
@@ -22,7 +20,7 @@ from lib.sampling import generate, is_done, paired_seeds, stamp_of, write_sample
 from lib.train import is_trained, train
 
 
-def kl_configs(cfg: RunConfig) -> dict[Method, "TrainConfig"]:  # noqa: F821
+def kl_configs(cfg: RunConfig) -> dict[Method, TrainConfig]:
     """The training config of DRaFT (lambda = 0) and of every KL-regularised run of the sweep."""
     out = {Method("draft"): dataclasses.replace(cfg.train, kl_lambda=0.0)}
     out.update({Method("kl", f"lambda={lam:g}"): dataclasses.replace(cfg.train, kl_lambda=float(lam)) for lam in cfg.sweep.kl_lambdas})

@@ -153,13 +153,6 @@ class ToyDomain:
         """x_T (B, 2) from per-sample generators."""
         return per_sample_noise((2,), seeds, device=self.device)
 
-    def data(self, prompt: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n samples of prompt's GMM (equal weights) and their mode labels: (n, 2), (n,)."""
-        mu = self.means[prompt]
-        k = torch.randint(len(mu), (n,), generator=generator)
-        x = mu[k] + self.cfg.mode_std * torch.randn(n, 2, generator=generator)
-        return x, k
-
     def reward(self, samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """r(x, c) = sum_i h_i exp(-|x - p_i|^2 / 2w^2) + a exp(-|x - p*|^2 / 2W^2): (B,), bounded, smooth."""
         c = self.cfg
