@@ -39,6 +39,13 @@ def notebooks(only: list[str] | None = None, folder: Path = ROOT / "notebooks") 
     return found
 
 
+def notebook_code(nb: Path) -> list[str]:
+    """The notebook's cell sources: what a stage's result depends on (outputs and metadata are not)."""
+    import nbformat
+
+    return [c.source for c in nbformat.read(nb, as_version=4).cells]
+
+
 def environment() -> dict:
     """Git commit, package versions and platform, for the manifest."""
     def git(*args):
@@ -82,7 +89,7 @@ def run(params_file: str, only: list[str] | None = None, force: bool = False,
     manifest.update({"run": cfg.run, "params_file": str(params_file), **environment()})
     for nb in notebooks(only, notebook_dir):
         stage = nb.stem
-        key = config_hash([resolved, nb.read_text()])
+        key = config_hash([resolved, notebook_code(nb)])
         out = paths.root / "notebooks" / nb.name
         out.parent.mkdir(parents=True, exist_ok=True)
         done = manifest["stages"].get(stage, {})

@@ -69,8 +69,18 @@ def test_runner_writes_config_manifest_skips_and_keeps_failures(tmp_path):
     assert (run_dir / "notebooks" / "00_ok.ipynb").exists()
     reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir)  # same config: skipped
     assert (run_dir / "ran.txt").read_text() == "x"
+    nb = nbformat.read(nbs / "00_ok.ipynb", as_version=4)  # outputs and metadata do not make a stage stale ...
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="stored output")]
+    nb.metadata["papermill"] = {"duration": 1.0}
+    nbformat.write(nb, nbs / "00_ok.ipynb")
+    reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir)
+    assert (run_dir / "ran.txt").read_text() == "x"
     reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir, force=True)
     assert (run_dir / "ran.txt").read_text() == "xx"
+    nb.cells[1].source += "\n# changed code"  # ... a changed cell does
+    nbformat.write(nb, nbs / "00_ok.ipynb")
+    reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir)
+    assert (run_dir / "ran.txt").read_text() == "xxx"
 
     _notebook(nbs / "01_fail.ipynb", "raise ValueError('boom')")
     with pytest.raises(RuntimeError, match="01_fail failed.*boom"):
