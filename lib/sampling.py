@@ -1,7 +1,9 @@
 """Notebook 02's engine: sample every method on a prompt set with paired per-sample seeds, resumably.
 
-Samples of one (method, setting) are stored as shards `samples/<key>/shard_XXXXX.npz` (arrays `x`, `prompt`,
-`seed`), each written atomically and skipped when it exists with the same config hash.
+Samples of one (method, setting) are stored as shards `samples/<key>/shard_rRRR_XXXXX.npz` (arrays `x`, `prompt`,
+`seed`, `position` in the full list of pairs), each written atomically; `done.json` marks a complete, current set.
+Under several processes (`accelerate launch -m lib.launch ... --stages sample`) process r samples pairs r, r + N, ...
+and writes its own shards; `read_samples` puts the rows back in pair order.
 """
 from __future__ import annotations
 
@@ -37,16 +39,28 @@ def generate(domain: Domain, denoiser, prompts: Sequence[str], pairs: Sequence[t
 
 
 def write_samples(out_dir: Path, key: str, samples: np.ndarray, pairs: Sequence[tuple[int, int]], stamp: str,
-                  shard_size: int = 100_000) -> None:
-    """Store samples (N, ...) with their prompt indices and seeds as npz shards."""
+                  positions: Sequence[int] | None = None, rank: int = 0, shard_size: int = 100_000) -> None:
+    """Store samples (N, ...) with their prompt indices, seeds and positions in the pair list as npz shards."""
     folder = Path(out_dir) / key
+    pos = np.arange(len(pairs)) if positions is None else np.asarray(positions)
     for k, lo in enumerate(range(0, len(pairs), shard_size)):
         p = np.array(pairs[lo: lo + shard_size])
-        with atomic_path(folder / f"shard_{k:05d}.npz") as tmp:
+        with atomic_path(folder / f"shard_r{rank:03d}_{k:05d}.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, x=samples[lo: lo + shard_size], prompt=p[:, 0], seed=p[:, 1], stamp=stamp)
-    with atomic_path(folder / "done.json") as tmp:
-        tmp.write_text(json.dumps({"stamp": stamp, "n": len(pairs)}))
+                np.savez(f, x=samples[lo: lo + shard_size], prompt=p[:, 0], seed=p[:, 1], position=pos[lo: lo + shard_size])
+
+
+def clear_samples(out_dir: Path, key: str) -> None:
+    """Remove the shards and the done marker of a key (before it is sampled again)."""
+    folder = Path(out_dir) / key
+    for f in [*folder.glob("shard_*.npz"), folder / "done.json"]:
+        f.unlink(missing_ok=True)
+
+
+def mark_done(out_dir: Path, key: str, stamp: str, n: int) -> None:
+    """Record that the shards of key hold all n samples of this stamp."""
+    with atomic_path(Path(out_dir) / key / "done.json") as tmp:
+        tmp.write_text(json.dumps({"stamp": stamp, "n": n}))
 
 
 def is_done(out_dir: Path, key: str, stamp: str) -> bool:
@@ -56,14 +70,18 @@ def is_done(out_dir: Path, key: str, stamp: str) -> bool:
 
 
 def read_samples(out_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenated shards: samples (N, ...), prompt indices (N,), seeds (N,)."""
+    """All shards in pair order: samples (N, ...), prompt indices (N,), seeds (N,)."""
     shards = sorted((Path(out_dir) / key).glob("shard_*.npz"))
     if not shards:
         raise FileNotFoundError(f"no samples for {key} in {out_dir}: run notebook 02 first")
     parts = [np.load(s) for s in shards]
-    return tuple(np.concatenate([p[name] for p in parts]) for name in ("x", "prompt", "seed"))
+    order = np.argsort(np.concatenate([p["position"] for p in parts]), kind="stable")
+    return tuple(np.concatenate([p[name] for p in parts])[order] for name in ("x", "prompt", "seed"))
+
+
+SHARD_LAYOUT = 2  # bump when the shard format changes, so older shards count as stale
 
 
 def stamp_of(*parts) -> str:
     """Config hash used to decide whether stored samples are current."""
-    return config_hash(parts)
+    return config_hash([SHARD_LAYOUT, *parts])

@@ -16,7 +16,7 @@ from lib.io import atomic_path, config_hash
 from lib.methods import Method, method_denoiser, sweep_methods
 from lib.pareto import dominance_table
 from lib.runs import RunPaths, make_domain
-from lib.sampling import generate, is_done, paired_seeds, stamp_of, write_samples
+from lib.sampling import clear_samples, generate, is_done, mark_done, paired_seeds, stamp_of, write_samples
 from lib.train import is_trained, train
 
 
@@ -74,7 +74,11 @@ def _model_stamp(paths: RunPaths, m: Method) -> list:
 
 
 def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Notebook 02: every method x setting on every prompt set with paired seeds; returns a summary table."""
+    """Notebook 02: every method x setting on every prompt set with paired seeds; returns a summary table.
+    Under several processes each takes every N-th (prompt, seed) pair."""
+    from lib.train import process_state
+
+    state = process_state()
     domain = make_domain(cfg, paths)
     tuned, kl = load_models(cfg, paths, domain)
     methods = sweep_methods(cfg.sweep)
@@ -83,16 +87,24 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
         names = domain.prompts(ps)
         per = cfg.sweep.samples_per_prompt if ps == "coverage" else cfg.sweep.eval_samples_per_prompt
         pairs = paired_seeds(len(names), per, cfg.sweep.seed_offset)
-        for m in tqdm(methods, desc=f"sampling {ps}", disable=not progress):
+        mine = list(range(state.process_index, len(pairs), state.num_processes))
+        for m in tqdm(methods, desc=f"sampling {ps}", disable=not (progress and state.is_main_process)):
             key = f"{ps}/{m.key}"
             stamp = stamp_of(dataclasses.asdict(cfg.sweep), cfg.domain, m, _model_stamp(paths, m))
             calls = "-"
             if force or not is_done(paths.samples, key, stamp):
+                if state.is_main_process:
+                    clear_samples(paths.samples, key)
+                state.wait_for_everyone()
                 with method_denoiser(domain, m, tuned, kl) as den:
-                    x = generate(domain, den, names, pairs, cfg.sweep.batch_size)
+                    x = generate(domain, den, names, [pairs[i] for i in mine], cfg.sweep.batch_size)
                     calls = dict(getattr(den, "calls", {})) or "-"
-                write_samples(paths.samples, key, x, pairs, stamp)
+                write_samples(paths.samples, key, x, [pairs[i] for i in mine], stamp, positions=mine, rank=state.process_index)
+                state.wait_for_everyone()
+                if state.is_main_process:
+                    mark_done(paths.samples, key, stamp, len(pairs))
             rows.append(dict(prompt_set=ps, method=m.method, setting=m.setting, n=len(pairs), network_calls=str(calls)))
+    state.wait_for_everyone()
     return pd.DataFrame(rows)
 
 
