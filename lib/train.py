@@ -82,8 +82,10 @@ def draft_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts
 
 
 def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True) -> tuple[torch.nn.Module, pd.DataFrame]:
-    """Fine-tune a LoRA adapter; writes adapter.safetensors, log.csv and train.json to out_dir; resumes from a
-    checkpoint of the same config.
+    """Fine-tune a LoRA adapter; writes adapter.safetensors, log.csv and train.json to out_dir; every
+    checkpoint_every steps it writes checkpoint.pt (LoRA, optimiser, generators: what resuming needs) and
+    checkpoints/adapter-stepNNNNNN.safetensors (the adapter in the domain's format; for SD the diffusers LoRA format
+    that `pipe.load_lora_weights` reads). A run with the same config resumes from checkpoint.pt.
 
     Under `accelerate launch` (DDP: one process per GPU, or `--cpu`) every process draws its own prompts and noise,
     the LoRA gradients are averaged across processes before clipping (so the replicas stay identical; train.json
@@ -126,8 +128,9 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
         bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.2e}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             rngs = gather_object([rng.get_state()]) if state.num_processes > 1 else [rng.get_state()]
-            if state.is_main_process:
+            if state.is_main_process:  # resumable state, plus the adapter alone in the domain's LoRA format
                 _checkpoint(out_dir / "checkpoint.pt", key, model, opt, rngs, log, step + 1)
+                domain.save_adapter(model, out_dir / "checkpoints" / f"adapter-step{step + 1:06d}.safetensors")
     digests = _digest(params)
     digests = gather_object([digests]) if state.num_processes > 1 else [digests]
     frame = pd.DataFrame(log)

@@ -25,3 +25,7 @@ def test_smoke_sd_runs_notebooks_01_to_04(tmp_path):
     pipe = tiny_pipeline("sd")
     pipe.load_lora_weights(str(root / "train" / "draft"), weight_name="adapter.safetensors", adapter_name="draft")
     assert "draft" in pipe.get_list_adapters()["unet"]
+    # and so do the periodic checkpoints (checkpoint_every: 2)
+    pipe.load_lora_weights(str(root / "train" / "draft" / "checkpoints"), weight_name="adapter-step000002.safetensors",
+                           adapter_name="step2")
+    assert "step2" in pipe.get_list_adapters()["unet"]

@@ -171,6 +171,10 @@ def test_training_writes_adapter_log_and_resumes(toy, tmp_path):
     loaded = toy.load_adapter(tmp_path / "adapter.safetensors")
     x = toy.noise(range(3))
     assert torch.allclose(loaded(x, 500, toy.encode(["gmm-0"] * 3)), model(x, 500, toy.encode(["gmm-0"] * 3)))
+    # periodic adapter checkpoints load like the final adapter
+    assert sorted(f.name for f in (tmp_path / "checkpoints").iterdir()) == ["adapter-step000002.safetensors", "adapter-step000004.safetensors"]
+    at4 = toy.load_adapter(tmp_path / "checkpoints" / "adapter-step000004.safetensors")
+    assert torch.equal(at4(x, 500, toy.encode(["gmm-0"] * 3)), loaded(x, 500, toy.encode(["gmm-0"] * 3)))
     # a longer run of the same config resumes from the checkpoint at step 4
     longer = dataclasses.replace(cfg, steps=6)
     _, log2 = train(toy, longer, tmp_path, progress=False)
