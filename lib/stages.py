@@ -96,10 +96,12 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
                 if state.is_main_process:
                     clear_samples(paths.samples, key)
                 state.wait_for_everyone()
-                with method_denoiser(domain, m, tuned, kl) as den:
-                    x = generate(domain, den, names, [pairs[i] for i in mine], cfg.sweep.batch_size)
-                    calls = dict(getattr(den, "calls", {})) or "-"
-                write_samples(paths.samples, key, x, [pairs[i] for i in mine], stamp, positions=mine, rank=state.process_index)
+                if mine:  # a process may have nothing to do when there are fewer pairs than processes
+                    with method_denoiser(domain, m, tuned, kl) as den:
+                        x = generate(domain, den, names, [pairs[i] for i in mine], cfg.sweep.batch_size)
+                        calls = dict(getattr(den, "calls", {})) or "-"
+                    write_samples(paths.samples, key, x, [pairs[i] for i in mine], stamp, positions=mine,
+                                  rank=state.process_index)
                 state.wait_for_everyone()
                 if state.is_main_process:
                     mark_done(paths.samples, key, stamp, len(pairs))

@@ -6,6 +6,7 @@ The loss is -r(x_0, c) + lambda * sum over the differentiated steps of mean((eps
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict
@@ -68,7 +69,7 @@ def draft_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts
     reward = domain.reward(domain.decode(x0), prompts)  # (B,)
     total_reward = reward
     if cfg.variant == "lv":
-        sched = domain.scheduler
+        sched = copy.deepcopy(domain.scheduler)  # the domain's scheduler is shared: never step or reset it
         sched.set_timesteps(n)
         t1 = sched.timesteps[-1]
         for _ in range(cfg.lv_n):
