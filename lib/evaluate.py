@@ -36,15 +36,17 @@ def batched(domain: Domain, fn: Callable[[torch.Tensor, list], torch.Tensor], x:
 
 
 def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, prompt_idx: np.ndarray,
-                ref_features: np.ndarray | None, diversity: Sequence[str], k: int, batch: int) -> list[dict]:
-    """Reward (mean, 95 % interval, n) and, on the coverage set, diversity metrics against the reference."""
+                ref_features: np.ndarray | None, diversity: Sequence[str], k: int, batch: int,
+                features: np.ndarray | None = None) -> list[dict]:
+    """Reward (mean, 95 % interval, n) and, on the coverage set, diversity metrics against the reference
+    (`features` of x when already computed)."""
     names = domain.prompts(prompt_set)
     prompts = [names[j] for j in prompt_idx]
     r = batched(domain, domain.reward, x, prompts, batch)
     mean, half, n = M.mean_ci(r)
     rows = [dict(method=m.method, setting=m.setting, prompt_set=prompt_set, metric="reward", value=mean, n=n, ci95=half)]
     if ref_features is not None:
-        f = batched(domain, lambda xb, _: domain.features(xb), x, prompts, batch)
+        f = features if features is not None else batched(domain, lambda xb, _: domain.features(xb), x, prompts, batch)
         for name in diversity:
             fn = DIVERSITY[name]
             value = fn(ref_features, f, k=k) if name in ("precision", "recall") else fn(ref_features, f)
@@ -63,7 +65,8 @@ def evaluate(domain: Domain, methods: Sequence[Method], samples_dir, prompt_sets
             x, p, s = read_samples(samples_dir, f"{ps}/{m.key}")
             if not (np.array_equal(p, ref_p) and np.array_equal(s, ref_s)):
                 raise ValueError(f"{m.key}: prompts/seeds differ from the base samples; re-run notebook 02")
-            rows += method_rows(domain, m, ps, x, p, ref_f, diversity, k, batch)
+            rows += method_rows(domain, m, ps, x, p, ref_f, diversity, k, batch,
+                                features=ref_f if m == Method("base") else None)
     return pd.DataFrame(rows)
 
 

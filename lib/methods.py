@@ -23,6 +23,11 @@ class Method:
     setting: str = "-"
 
     @property
+    def label(self) -> str:
+        """Row label for figures: 'aig power:2', 'draft'."""
+        return self.method if self.setting == "-" else f"{self.method} {self.setting}"
+
+    @property
     def key(self) -> str:
         """File-name-safe identifier."""
         return f"{self.method}__{self.setting}".replace(":", "-").replace("=", "-").replace(",", "_")

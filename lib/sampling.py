@@ -26,14 +26,15 @@ def paired_seeds(num_prompts: int, per_prompt: int, offset: int = 0) -> list[tup
 
 
 def generate(domain: Domain, denoiser, prompts: Sequence[str], pairs: Sequence[tuple[int, int]], batch_size: int,
-             progress: bool = False) -> np.ndarray:
-    """Stored samples (N, ...) (domain.to_storage) for (prompt index, seed) pairs, in batches."""
+             progress: bool = False, num_steps: int | None = None) -> np.ndarray:
+    """Stored samples (N, ...) (domain.to_storage) for (prompt index, seed) pairs, in batches, with
+    num_steps sampler steps (default: domain.num_steps)."""
     out = []
     with torch.no_grad():
         for lo in tqdm(range(0, len(pairs), batch_size), disable=not progress, desc="batches", leave=False):
             chunk = pairs[lo: lo + batch_size]
             cond = domain.encode([prompts[j] for j, _ in chunk])
-            x = sample(denoiser, domain.scheduler, domain.noise([s for _, s in chunk]), cond, domain.num_steps)
+            x = sample(denoiser, domain.scheduler, domain.noise([s for _, s in chunk]), cond, num_steps or domain.num_steps)
             out.append(domain.to_storage(domain.decode(x)))
     return np.concatenate(out)
 

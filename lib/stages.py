@@ -16,8 +16,10 @@ from lib.io import atomic_path, config_hash
 from lib.methods import Method, method_denoiser, sweep_methods
 from lib.pareto import dominance_table
 from lib.runs import RunPaths, make_domain
-from lib.sampling import clear_samples, generate, is_done, mark_done, paired_seeds, stamp_of, write_samples
-from lib.train import is_trained, train
+from lib.samplers import sample
+from lib.sampling import (clear_samples, generate, is_done, mark_done, paired_seeds, read_samples, stamp_of,
+                          write_samples)
+from lib.train import is_trained, process_state, train
 
 
 def kl_configs(cfg: RunConfig) -> dict[Method, TrainConfig]:
@@ -34,8 +36,6 @@ def _lambda(m: Method) -> float:
 def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True,
                 include_kl: bool = True) -> dict[str, pd.DataFrame]:
     """Notebook 01: pre-train the toy base (toy only), then DRaFT and every KL run; returns their step logs."""
-    from lib.train import process_state
-
     state = process_state()  # one process in a notebook; several under `accelerate launch -m lib.launch`
     domain = make_domain(cfg, paths)
     if cfg.domain == "toy":
@@ -76,8 +76,6 @@ def _model_stamp(paths: RunPaths, m: Method) -> list:
 def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> pd.DataFrame:
     """Notebook 02: every method x setting on every prompt set with paired seeds; returns a summary table.
     Under several processes each takes every N-th (prompt, seed) pair."""
-    from lib.train import process_state
-
     state = process_state()
     domain = make_domain(cfg, paths)
     tuned, kl = load_models(cfg, paths, domain)
@@ -142,21 +140,17 @@ def showcase(cfg: RunConfig) -> list[Method]:
 
 def sample_grid(cfg: RunConfig, paths: RunPaths, per_prompt: int = 200):
     """Fig. 2 style grid of the showcase methods' coverage samples, drawn by the domain."""
-    from lib.sampling import read_samples
-
     domain = make_domain(cfg, paths)
     shown = {}
     for m in showcase(cfg):
         x, p, s = read_samples(paths.samples, f"coverage/{m.key}")
         keep = (s - cfg.sweep.seed_offset - p * cfg.sweep.samples_per_prompt) < per_prompt
-        shown[f"{m.method} {m.setting}".replace(" -", "")] = (x[keep], p[keep])
+        shown[m.label] = (x[keep], p[keep])
     return domain.sample_grid(shown)
 
 
 def trajectories(cfg: RunConfig, paths: RunPaths, prompt: int = 0, seeds=range(12), aig_spec: str = "power:2"):
     """Fig. 1 data: x_t along the sampling chain of base, DRaFT and AIG from the same seeds: name -> (steps+1, B, ...)."""
-    from lib.samplers import sample
-
     domain = make_domain(cfg, paths)
     tuned = domain.load_adapter(paths.train(0.0) / "adapter.safetensors")
     cond = domain.encode([domain.prompts("coverage")[prompt]] * len(seeds))
@@ -166,5 +160,5 @@ def trajectories(cfg: RunConfig, paths: RunPaths, prompt: int = 0, seeds=range(1
         with method_denoiser(domain, m, tuned) as den, torch.no_grad():
             sample(den, domain.scheduler, domain.noise(list(seeds)), cond, domain.num_steps,
                    callback=lambda i, t, x: path.append(x.clone()))
-        out[f"{m.method} {m.setting}".replace(" -", "")] = torch.stack(path).numpy()
+        out[m.label] = torch.stack(path).numpy()
     return domain, out

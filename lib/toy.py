@@ -96,6 +96,13 @@ class ToyDenoiser(nn.Module):
 LORA_TARGETS = r".*(inp|hidden\.\d+|out)$"
 
 
+def toy_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
+    """DDIM, linear betas, "trailing" steps ending at alpha_bar = 1 (so the last step changes x: DRaFT-1 has a
+    gradient); the toy's sampler for training, evaluation and the explorer."""
+    return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", clip_sample=False,
+                         timestep_spacing="trailing", set_alpha_to_one=True)
+
+
 @contextlib.contextmanager
 def _seeded(seed: int):
     """Seed torch's global generator only inside this block, restoring it afterwards (lib never seeds globally)."""
@@ -112,10 +119,7 @@ class ToyDomain:
     def __init__(self, cfg: ToyConfig, base_path: Optional[Path] = None, device: str = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
         self.num_train_timesteps, self.num_steps = cfg.num_train_timesteps, cfg.num_steps
-        self.scheduler = DDIMScheduler(
-            num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear", clip_sample=False,
-            timestep_spacing="trailing", set_alpha_to_one=True,
-        )
+        self.scheduler = toy_scheduler(cfg.num_train_timesteps)
         self.means, self.peaks, self.heights, self.top = self._layout()
         self.base_path = Path(base_path) if base_path else None
 

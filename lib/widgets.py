@@ -113,13 +113,6 @@ def torch_threads(n: int = 1):
         torch.set_num_threads(old)
 
 
-def _default_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                         timestep_spacing="trailing", set_alpha_to_one=True)
-
-
 # ------------------------------------------------------------------------------------------------------- state
 @dataclass
 class ExplorerState:
@@ -140,7 +133,9 @@ class ExplorerState:
 
     def __post_init__(self):
         if self.scheduler is None:
-            self.scheduler = _default_scheduler()
+            from lib.toy import toy_scheduler
+
+            self.scheduler = toy_scheduler()
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         self._steps: dict[int, np.ndarray] = {}
         self.schedule = parse(self.candidate_spec())
@@ -406,14 +401,10 @@ class ToyPreview:
         from lib.methods import Method, method_denoiser
         from lib.sampling import generate
 
-        domain = self.domain
-        n = int(num_steps or self.num_steps)
-        if n != domain.num_steps:  # generate() samples with domain.num_steps: a shallow copy with n steps
-            domain = copy.copy(domain)
-            domain.num_steps = n
-        with method_denoiser(domain, Method("aig", spec), self.tuned) as den:
-            x = generate(domain, den, self.prompts, self.pairs, batch_size=len(self.pairs))
-        return np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)  # stored form: points (N, 2)
+        with method_denoiser(self.domain, Method("aig", spec), self.tuned) as den:
+            x = generate(self.domain, den, self.prompts, self.pairs, batch_size=len(self.pairs),
+                         num_steps=int(num_steps or self.num_steps))
+        return np.asarray(x, dtype=np.float32)  # stored form: points (N, 2)
 
     def _rows(self, label: str, x: np.ndarray, ref_f: np.ndarray) -> dict:
         from lib.evaluate import method_rows
@@ -424,11 +415,7 @@ class ToyPreview:
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Coverage-metric features of stored samples (as notebook 03 computes them)."""
-        import torch
-
-        d = self.domain
-        return np.asarray(d.features(d.from_storage(x) if hasattr(d, "from_storage") else torch.from_numpy(x)),
-                          dtype=np.float64)
+        return np.asarray(self.domain.features(self.domain.from_storage(x)), dtype=np.float64)
 
     def _base_and_draft(self, n: int) -> dict:
         if n not in self._fixed:
