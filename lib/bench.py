@@ -14,6 +14,10 @@ import copy
 import time
 
 import torch
+from peft import LoraConfig
+
+from lib.domains.sd.pipelines import PAPER_SAMPLING, latents_for, load_pipeline
+from lib.domains.sd.unet import aig_unet, using_unet
 
 
 def _count_calls(unet: torch.nn.Module, counter: dict):
@@ -24,10 +28,6 @@ def _count_calls(unet: torch.nn.Module, counter: dict):
 def run(kind: str = "sd", model: str = "tiny", steps: int = 4, batch: int = 2, repeats: int = 5,
         device: str = "cpu", settings=("tuned", "power:2", "step:0.5")) -> list[dict]:
     """Time the plain pipeline and the AIG UNet at each gamma setting; rows of per-image seconds and calls."""
-    from peft import LoraConfig
-
-    from lib.sd import PAPER_SAMPLING, aig_unet, latents_for, load_pipeline, using_unet
-
     dtype = torch.float32 if device == "cpu" else torch.float16
     pipe = load_pipeline(model, kind, dtype, device)
     f = pipe.vae_scale_factor
@@ -54,7 +54,7 @@ def run(kind: str = "sd", model: str = "tiny", steps: int = 4, batch: int = 2, r
         torch.manual_seed(0)
         tuned.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
                           adapter_name="draft")
-    wrappers = {spec: aig_unet(tuned, spec, num_train_timesteps=1000) for spec in settings}
+    wrappers = {spec: aig_unet(pipe, spec, unet=tuned) for spec in settings}
     unets = {"plain pipeline": plain, "pipeline + LoRA": tuned, **{f"aig_unet {s}": w for s, w in wrappers.items()}}
     counter = {"calls": 0}
     hooks = [_count_calls(plain, counter), _count_calls(tuned, counter)]

@@ -1,10 +1,18 @@
-"""Notebook 03's engine: rewards and coverage metrics of every sampled method into one tidy metrics.csv.
+"""Notebook 03's engine: rewards, alignment and diversity metrics of every sampled method into one tidy metrics.csv.
 
-Rows: method, setting, prompt_set, metric, value, n, ci95 (half-width, rewards only). Diversity metrics compare
-each method's coverage-set features with the base model's (the reference set), paired seed for seed.
+Rows: method, setting, prompt_set, metric, value, n, ci95 (half-width of the 95 % interval; NaN where none is
+defined). Metrics come from the one table `lib.metrics.METRICS`:
+- reward (every prompt set): mean over samples, t-interval;
+- clip (every prompt set, `metrics.alignment`): CLIP score 100 * cos per sample (`lib.metrics.clip_score`);
+- fid, precision, recall, scd, lscd (coverage set): each method's features against the base model's, paired seed
+  for seed (Eq. 12-14);
+- dino_diversity (every prompt set with >= 2 samples per prompt): 1 - mean pairwise cosine within a prompt
+  (`lib.metrics.pairwise_diversity`), averaged over prompts; interval and n over prompts;
+- kl: the chain KL of each fine-tuned model (Fig. 3a).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,15 +21,38 @@ import torch
 from tqdm.auto import tqdm
 
 from lib import metrics as M
-from lib.domain import Domain
+from lib.domains.base import Domain
+from lib.errors import check
 from lib.methods import Method
-from lib.sampling import read_samples
-from lib.train import KLProbe, base_branch
 from lib.samplers import sample
+from lib.store import read_samples
+from lib.train import KLProbe, base_branch
 
-DIVERSITY: dict[str, Callable] = {"fid": M.fid, "precision": M.precision, "recall": M.recall, "scd": M.scd, "lscd": M.lscd}
-MAXIMIZE = {"reward": True, "recall": True, "precision": True, "clip": True, "dino_diversity": True,
-            "fid": False, "scd": False, "lscd": False, "kl": False}
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Which metrics notebook 03 computes (names of lib.metrics.METRICS)."""
+
+    k: int = 10  # neighbourhood size of precision / recall
+    diversity: tuple[str, ...] = ("fid", "precision", "recall", "scd", "lscd")
+    alignment: tuple[str, ...] = ()  # "clip": the CLIP score of every prompt set (Fig. 21-24)
+    kl_samples: int = 64  # trajectories per prompt for the reward-KL plot (Fig. 3a)
+
+    def __post_init__(self):
+        check("metrics.k", self.k, self.k >= 1, "an integer >= 1")
+        for m in self.diversity:
+            check("metrics.diversity", m, m in M.DIVERSITY_METRICS, "any of " + ", ".join(M.DIVERSITY_METRICS))
+        for m in self.alignment:
+            check("metrics.alignment", m, m == "clip", "'clip'")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every metric asked for, beyond reward and kl."""
+        return (*self.diversity, *self.alignment)
+
+
+def _row(m: Method, prompt_set: str, metric: str, value: float, n: int, ci95: float = np.nan) -> dict:
+    return dict(method=m.method, setting=m.setting, prompt_set=prompt_set, metric=metric, value=value, n=n, ci95=ci95)
 
 
 def batched(domain: Domain, fn: Callable[[torch.Tensor, list], torch.Tensor], x: np.ndarray, prompts: list,
@@ -35,37 +66,49 @@ def batched(domain: Domain, fn: Callable[[torch.Tensor, list], torch.Tensor], x:
     return np.concatenate(out)
 
 
+def features_of(domain: Domain, x: np.ndarray, batch: int) -> np.ndarray:
+    """Coverage-metric features (N, D) of stored samples."""
+    return batched(domain, lambda xb, _: domain.features(xb), x, [None] * len(x), batch)
+
+
 def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, prompt_idx: np.ndarray,
-                ref_features: np.ndarray | None, diversity: Sequence[str], k: int, batch: int,
+                ref_features: np.ndarray | None, names: Sequence[str], k: int, batch: int,
                 features: np.ndarray | None = None) -> list[dict]:
-    """Reward (mean, 95 % interval, n) and, on the coverage set, diversity metrics against the reference
-    (`features` of x when already computed)."""
-    names = domain.prompts(prompt_set)
-    prompts = [names[j] for j in prompt_idx]
-    r = batched(domain, domain.reward, x, prompts, batch)
-    mean, half, n = M.mean_ci(r)
-    rows = [dict(method=m.method, setting=m.setting, prompt_set=prompt_set, metric="reward", value=mean, n=n, ci95=half)]
-    if ref_features is not None:
-        f = features if features is not None else batched(domain, lambda xb, _: domain.features(xb), x, prompts, batch)
-        for name in diversity:
-            fn = DIVERSITY[name]
-            value = fn(ref_features, f, k=k) if name in ("precision", "recall") else fn(ref_features, f)
-            rows.append(dict(method=m.method, setting=m.setting, prompt_set=prompt_set, metric=name, value=value, n=len(f), ci95=np.nan))
+    """The rows of one method on one prompt set: reward, then every metric in `names` that applies (feature
+    metrics only with `ref_features`, the base model's; `features` of x when already computed)."""
+    texts = domain.prompts(prompt_set)
+    prompts = [texts[j] for j in prompt_idx]
+    mean, half, n = M.mean_ci(batched(domain, domain.reward, x, prompts, batch))
+    rows = [_row(m, prompt_set, "reward", mean, n, half)]
+    if "clip" in names:
+        mean, half, n = M.mean_ci(batched(domain, domain.clip_scores, x, prompts, batch))
+        rows.append(_row(m, prompt_set, "clip", mean, n, half))
+    if "dino_diversity" in names and np.bincount(prompt_idx).max() >= 2:
+        emb = batched(domain, lambda xb, _: domain.embeddings(xb), x, prompts, batch)
+        per_prompt = [M.pairwise_diversity(emb[prompt_idx == j], np.zeros(int((prompt_idx == j).sum())))
+                      for j in np.unique(prompt_idx) if (prompt_idx == j).sum() >= 2]
+        mean, half, n = M.mean_ci(per_prompt)
+        rows.append(_row(m, prompt_set, "dino_diversity", mean, n, half))
+    feature_metrics = [name for name in names if name in M.FEATURE_METRICS]
+    if ref_features is not None and feature_metrics:
+        f = features if features is not None else features_of(domain, x, batch)
+        for name in feature_metrics:
+            rows.append(_row(m, prompt_set, name, M.against_base(name, ref_features, f, k=k), len(f)))
     return rows
 
 
-def evaluate(domain: Domain, methods: Sequence[Method], samples_dir, prompt_sets: Sequence[str], diversity: Sequence[str],
+def evaluate(domain: Domain, methods: Sequence[Method], samples_dir, prompt_sets: Sequence[str], names: Sequence[str],
              k: int = 10, batch: int = 512, progress: bool = True) -> pd.DataFrame:
-    """Tidy metrics of every method on every prompt set (diversity on 'coverage' against the base samples)."""
+    """Tidy metrics of every method on every prompt set (feature metrics on 'coverage' against the base samples)."""
     rows = []
     for ps in prompt_sets:
         ref_x, ref_p, ref_s = read_samples(samples_dir, f"{ps}/{Method('base').key}")
-        ref_f = batched(domain, lambda xb, _: domain.features(xb), ref_x, [None] * len(ref_x), batch) if ps == "coverage" else None
+        ref_f = features_of(domain, ref_x, batch) if ps == "coverage" else None
         for m in tqdm(methods, desc=f"metrics {ps}", disable=not progress):
             x, p, s = read_samples(samples_dir, f"{ps}/{m.key}")
             if not (np.array_equal(p, ref_p) and np.array_equal(s, ref_s)):
                 raise ValueError(f"{m.key}: prompts/seeds differ from the base samples; re-run notebook 02")
-            rows += method_rows(domain, m, ps, x, p, ref_f, diversity, k, batch,
+            rows += method_rows(domain, m, ps, x, p, ref_f, names, k, batch,
                                 features=ref_f if m == Method("base") else None)
     return pd.DataFrame(rows)
 
@@ -86,5 +129,5 @@ def kl_rows(domain: Domain, models: dict[Method, torch.nn.Module], per_prompt: i
         vals = np.concatenate([chain_kl(domain, model, [p] * per_prompt, range(offset + j * per_prompt, offset + (j + 1) * per_prompt))
                                for j, p in enumerate(names)])
         mean, half, n = M.mean_ci(vals)
-        rows.append(dict(method=m.method, setting=m.setting, prompt_set="coverage", metric="kl", value=mean, n=n, ci95=half))
+        rows.append(_row(m, "coverage", "kl", mean, n, half))
     return rows

@@ -2,6 +2,9 @@
 
 A denoiser is any callable `(x, t, cond) -> eps` with x of shape (B, ...) and t a scalar or a (B,) tensor of
 training timesteps. Wrappers return a denoiser with the same signature, so every sampler works unchanged.
+Both wrappers are linear in the network outputs, so they compose exactly: with per-branch classifier-free
+guidance each branch's guided prediction is formed first and the two are then mixed,
+    eps = gamma(s) [u_b + w_b (c_b - u_b)] + (1 - gamma(s)) [u_t + w_t (c_t - u_t)].
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from lib.schedules import Schedule, parse
+from lib.schedules import Schedule, StepClock, parse
 
 Denoiser = Callable[[torch.Tensor, Any, Any], torch.Tensor]
 
@@ -21,21 +24,21 @@ def _per_sample(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class AIG:
-    """eps = gamma(s) eps_base + (1 - gamma(s)) eps_tuned, s = t / T (AIG paper Eq. 11).
+    """eps = gamma(s) eps_base + (1 - gamma(s)) eps_tuned (AIG paper Eq. 11), s = clock(t) = 1 - i / N at step i.
 
     A branch whose weight is zero for the whole batch is not evaluated (a step schedule costs one call per step).
     `calls` counts the network evaluations of each branch.
     """
 
-    def __init__(self, base: Denoiser, tuned: Denoiser, gamma: Schedule | str, num_train_timesteps: int = 1000):
+    def __init__(self, base: Denoiser, tuned: Denoiser, gamma: Schedule | str, clock: Callable[[Any], Any]):
         self.base, self.tuned = base, tuned
         self.gamma = parse(gamma)
-        self.num_train_timesteps = num_train_timesteps
+        self.clock = clock
         self.calls: Counter = Counter()
 
     def weight(self, t: Any, x: torch.Tensor) -> torch.Tensor:
-        """gamma(t / T) as a float tensor on x's device: () or (B,)."""
-        s = torch.as_tensor(t, dtype=torch.float64, device="cpu") / self.num_train_timesteps
+        """gamma(s(t)) as a float tensor on x's device: () or (B,)."""
+        s = torch.as_tensor(self.clock(t), dtype=torch.float64)
         return self.gamma(s).to(device=x.device, dtype=x.dtype)
 
     def __call__(self, x: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
@@ -50,12 +53,12 @@ class AIG:
         return eps
 
 
-def aig(base: Denoiser, tuned: Denoiser, gamma: Schedule | str, num_train_timesteps: int = 1000) -> AIG:
-    """Wrap two denoisers into the AIG denoiser (gamma is the base model's weight, DESIGN.md)."""
-    return AIG(base, tuned, gamma, num_train_timesteps)
+def aig(base: Denoiser, tuned: Denoiser, gamma: Schedule | str, timesteps: Any) -> AIG:
+    """The AIG denoiser of an N-step chain with these sampling `timesteps` (gamma = the base model's weight)."""
+    return AIG(base, tuned, gamma, StepClock(timesteps))
 
 
-def cfg(denoiser: Denoiser, null_cond: Any, scale: float) -> Denoiser:
+def classifier_free(denoiser: Denoiser, null_cond: Any, scale: float) -> Denoiser:
     """Classifier-free guidance: eps_u + w (eps_c - eps_u) on one doubled batch; w = 1 is the plain call.
 
     `null_cond` has the batch layout of `cond` (B, ...) or a single row that is expanded to it.

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lib.config import ConfigError, load
+from lib.config import load
+from lib.distributed import process_state
+from lib.errors import ConfigError
 from lib.runs import repo_path, run_paths
+from lib.stages import stage_sample, stage_train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from lib.stages import stage_sample, stage_train
-    from lib.train import process_state
-
     stages = args.stages.split(",")
     unknown = set(stages) - {"train", "sample"}
     if unknown:

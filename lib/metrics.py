@@ -1,9 +1,12 @@
 """Coverage and diversity metrics on (N, D) feature arrays; the reference set is the base model's samples.
 
-All computations run in float64. Inputs may be numpy arrays or torch tensors.
+All computations run in float64. Inputs may be numpy arrays or torch tensors. `METRICS` is the one table of
+metrics (label, direction, what a domain must provide to compute it) that config, evaluation, figures and the
+explorer share.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -68,15 +71,28 @@ def _spectrum(a: np.ndarray) -> np.ndarray:
     return np.sort(np.linalg.eigvalsh(_cov(a)))[::-1]
 
 
+def _equal_sizes(name: str, a: np.ndarray, b: np.ndarray) -> None:
+    """SCD / LSCD compare spectra of sample covariances: with N < D samples only N - 1 eigenvalues are non-zero,
+    so sets of different sizes differ in the number of (clamped) zero eigenvalues alone. Refuse them."""
+    if len(a) != len(b):
+        raise ValueError(f"{name}: the two sets have {len(a)} and {len(b)} samples; the spectral distances are "
+                         "only defined here for equal sample counts (paired seeds give them)")
+
+
 def scd(a, b) -> float:
-    """Spectral covariance distance (AIG paper Eq. 13): sum_i (lambda1_i - lambda2_i)^2, sorted spectra."""
-    l1, l2 = _spectrum(_f64(a)), _spectrum(_f64(b))
+    """Spectral covariance distance (AIG paper Eq. 13): sum_i (lambda1_i - lambda2_i)^2, sorted spectra;
+    a (N, D) and b (N, D) must have the same N."""
+    a, b = _f64(a), _f64(b)
+    _equal_sizes("scd", a, b)
+    l1, l2 = _spectrum(a), _spectrum(b)
     return float(((l1 - l2) ** 2).sum())
 
 
 def lscd(a, b, eps: float = 1e-10) -> float:
-    """Log spectral covariance distance (AIG paper Eq. 14) on eigenvalues clamped at eps."""
-    l1, l2 = (np.log(np.clip(_spectrum(_f64(x)), eps, None)) for x in (a, b))
+    """Log spectral covariance distance (AIG paper Eq. 14) on eigenvalues clamped at eps; equal N as for scd."""
+    a, b = _f64(a), _f64(b)
+    _equal_sizes("lscd", a, b)
+    l1, l2 = (np.log(np.clip(_spectrum(x), eps, None)) for x in (a, b))
     return float(((l1 - l2) ** 2).sum())
 
 
@@ -99,10 +115,15 @@ def pairwise_diversity(emb, groups: Sequence) -> float:
 
 
 def clip_score(image_emb, text_emb) -> np.ndarray:
-    """CLIP score per pair = 100 * max(cos, 0) (the torchmetrics convention): (N,)."""
+    """CLIP score per pair = 100 * cos(image, text): (N,).
+
+    ImageReFL's code scores raw cosine with OpenAI's ViT-B/32 and its tables print it x 100 (~30 for SD1.5); we
+    use the same cosine x 100. torchmetrics' CLIPScore also clamps at 0 (100 * max(cos, 0)); we do not, because
+    clamping biases the mean upward wherever cosines can be negative (small CLIP models trained here).
+    """
     a, b = _f64(image_emb), _f64(text_emb)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return 100.0 * np.clip(cos, 0.0, None)
+    return 100.0 * cos
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
@@ -113,3 +134,41 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
     n = len(v)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     return float(v.mean()), half, n
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric of metrics.csv: its figure label, direction, and what computing it needs from a domain:
+    'reward' (the reward model), 'features' (feature vectors, against the base samples), 'dino' (an image
+    embedding, within prompts), 'clip' (an image-text model), 'chain' (the fine-tuned network itself)."""
+
+    name: str
+    label: str
+    maximize: bool
+    needs: str
+
+
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("reward", "reward ↑", True, "reward"),
+    MetricSpec("fid", "FID ↓", False, "features"),
+    MetricSpec("precision", "Precision ↑", True, "features"),
+    MetricSpec("recall", "Recall ↑", True, "features"),
+    MetricSpec("scd", "SCD ↓", False, "features"),
+    MetricSpec("lscd", "LSCD ↓", False, "features"),
+    MetricSpec("dino_diversity", "DinoDiversity ↑", True, "dino"),
+    MetricSpec("clip", "CLIP score ↑", True, "clip"),
+    MetricSpec("kl", "KL (Σ_t ‖ε_θ−ε_base‖²) ↓", False, "chain"),
+)}
+FEATURE_METRICS = tuple(m for m, spec in METRICS.items() if spec.needs == "features")
+DIVERSITY_METRICS = (*FEATURE_METRICS, "dino_diversity")
+
+
+def against_base(name: str, ref, gen, k: int = 10) -> float:
+    """A feature metric (fid, precision, recall, scd, lscd) of generated features against the base model's."""
+    fn = {"fid": fid, "precision": precision, "recall": recall, "scd": scd, "lscd": lscd}[name]
+    return fn(ref, gen, k=k) if name in ("precision", "recall") else fn(ref, gen)
+
+
+def label(name: str) -> str:
+    """Axis label of a metric ('FID ↓'); unknown names pass through."""
+    return METRICS[name].label if name in METRICS else name

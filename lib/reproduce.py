@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from lib.config import ConfigError, RunConfig, load, to_dict
-from lib.io import config_hash, write_text
+from lib.config import RunConfig, load, to_dict
+from lib.errors import ConfigError
+from lib.files import config_hash, write_text
 from lib.runs import ROOT, repo_path, run_paths
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "diffusers", "transformers", "peft", "accelerate",

@@ -2,10 +2,10 @@
 
 results/<run>/
   config.yaml, manifest.json      resolved parameters; commit, versions, stage times
-  models/base.safetensors         the toy's pre-trained base model (SD runs load theirs from the hub)
+  models/                         what the domain's `prepare` builds (the toy's pre-trained base model)
   train/draft/, train/kl_lambda-<l>/   adapter.safetensors, log.csv, train.json of each fine-tuning run
-  samples/<method key>/           npz shards of notebook 02
-  metrics.csv, figures/, notebooks/
+  samples/<prompt set>/<method key>/   npz shards of notebook 02 (lib.store)
+  metrics.csv, dominance.csv, figures/, notebooks/
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.config import RunConfig
+from lib.domains.base import Domain
+from lib.domains.registry import make_domain as build_domain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,10 +30,6 @@ class RunPaths:
     """The folders and files of one run."""
 
     root: Path
-
-    @property
-    def base_model(self) -> Path:
-        return self.root / "models" / "base.safetensors"
 
     def train(self, kl_lambda: float = 0.0) -> Path:
         """Folder of the DRaFT run (kl_lambda = 0) or of a KL-regularised run."""
@@ -55,12 +53,6 @@ def run_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> RunPaths:
     return RunPaths(repo_path(run_dir) if run_dir else ROOT / "results" / cfg.run)
 
 
-def make_domain(cfg: RunConfig, paths: RunPaths):
-    """The domain named by cfg.domain, wired to this run's files."""
-    if cfg.domain == "toy":
-        from lib.toy import ToyDomain
-
-        return ToyDomain(cfg.toy, base_path=paths.base_model, device=cfg.device)
-    from lib.sd import SDDomain
-
-    return SDDomain(cfg.sd)
+def make_domain(cfg: RunConfig, paths: RunPaths) -> Domain:
+    """The domain named by cfg.domain, wired to this run's folder."""
+    return build_domain(cfg.domain, cfg.domain_config, root=paths.root, device=cfg.device)

@@ -1,6 +1,7 @@
 """Samplers as pure functions over a denoiser callable, stepping a diffusers scheduler.
 
-Time runs over the scheduler's timesteps (s = t / num_train_timesteps, s = 1 is noise). The same loop serves
+The loop steps the scheduler's own timesteps (`sampling_timesteps`); guidance wrappers map a timestep to the
+step-indexed time s_i = 1 - i / N themselves (`lib.schedules.StepClock`). The same loop serves
 sampling, DRaFT training (gradient through the last K steps only, DRaFT Algorithm 1) and ReFL (stop early and
 return the one-step prediction of x_0).
 """
@@ -54,6 +55,13 @@ def sample(
         if callback:
             callback(i, t, x)
     return x
+
+
+def sampling_timesteps(scheduler, num_steps: int) -> torch.Tensor:
+    """The timesteps an N-step chain of this scheduler visits, in sampling order (noisiest first): (N,)."""
+    sched = copy.deepcopy(scheduler)  # set_timesteps mutates the scheduler
+    sched.set_timesteps(int(num_steps))
+    return sched.timesteps.detach().cpu().clone()
 
 
 def predict_x0(scheduler, x_t: torch.Tensor, eps: torch.Tensor, t: Any) -> torch.Tensor:

@@ -1,8 +1,15 @@
-"""The guidance schedules gamma(s): the weight of the *base* model at normalised time s = t / T.
+"""The guidance schedules gamma(s): the weight of the *base* model at normalised time s in [0, 1].
 
 AIG (paper Eq. 10-11) mixes the two predictions as
     eps_aig = gamma(s) * eps_base + (1 - gamma(s)) * eps_tuned,
 with gamma(1) = 1 (pure noise: base) and gamma(0) = 0 (clean end: tuned model).
+
+Time is the **sampling step**, as in the AIG authors' code (NeMo-Aligner's `annealed_guidance`, weight of the
+tuned model (i / N)^p) and ImageReFL's AIG baseline: at step i = 0..N-1 of an N-step chain s_i = 1 - i / N, so
+power:p gives gamma_i = 1 - (i / N)^p, exactly 1 at the first step and 1/N-ish (never 0) at the last. `StepClock`
+maps a scheduler timestep t to s_i through the scheduler's own timestep list, so it is right for any spacing
+("leading", "trailing", Euler sigmas) and any step count.
+
 Each family is a frozen dataclass, callable on a float, a numpy array or a torch tensor (the same type
 comes back), with a `spec` string that `parse` turns back into an equal object.
 """
@@ -77,7 +84,10 @@ class Power(Schedule):
 
 @dataclass(frozen=True)
 class Step(Schedule):
-    """gamma = 1 if s > c else 0: combined generation (ImageReFL Eq. 3), base above the switch point."""
+    """gamma = 1 if s > c else 0: combined generation (ImageReFL Eq. 3), base above the switch point.
+
+    With s_i = 1 - i / N the first ceil((1 - c) N) steps use the base model and the remaining ones the tuned model
+    (NeMo-Aligner's `step_<f>` with f = 1 - c; ImageReFL's `start_timestep_index` = ceil((1 - c) N))."""
 
     c: float
 
@@ -202,7 +212,45 @@ def parse(spec: str | Schedule) -> Schedule:
     raise _bad(spec, f"unknown family {family!r}")
 
 
-def step_weights(gamma: Schedule | str, timesteps, num_train_timesteps: int = 1000) -> np.ndarray:
-    """gamma at each sampler timestep t (s = t / num_train_timesteps): (num_steps,) base weights."""
-    s = np.asarray([float(t) for t in timesteps], dtype=np.float64) / num_train_timesteps
-    return parse(gamma)(s)
+def step_s(num_steps: int) -> np.ndarray:
+    """s_i = 1 - i / N of the sampling steps i = 0..N-1: (N,), from 1 down to 1/N."""
+    n = int(num_steps)
+    if n < 1:
+        raise ValueError(f"num_steps = {n} must be >= 1")
+    return 1.0 - np.arange(n, dtype=np.float64) / n
+
+
+def step_weights(gamma: Schedule | str, num_steps: int) -> np.ndarray:
+    """gamma(s_i) at each sampling step i = 0..N-1 (the base model's weight per step, AIG paper Eq. 11): (N,)."""
+    return parse(gamma)(step_s(num_steps))
+
+
+class StepClock:
+    """t -> s_i = 1 - i / N where t is the i-th of the chain's N timesteps (sampling order, first = noisiest).
+
+    `timesteps` is the scheduler's list after `set_timesteps(N)`; t may be a number, a 0-d or a (B,) tensor.
+    A t that is not one of the chain's timesteps is an error (a different step count or scheduler).
+    """
+
+    def __init__(self, timesteps: Any):
+        self.timesteps = np.asarray([float(t) for t in timesteps], dtype=np.float64)  # (N,)
+        if self.timesteps.ndim != 1 or len(self.timesteps) < 1:
+            raise ValueError("StepClock needs a non-empty list of timesteps")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def index(self, t: Any) -> np.ndarray:
+        """Step index i of each t: () or (B,) int array."""
+        tv = np.asarray(t.detach().cpu().double().numpy() if hasattr(t, "detach") else t, dtype=np.float64)
+        d = np.abs(tv[..., None] - self.timesteps)  # (..., N)
+        i = d.argmin(-1)
+        if np.any(np.take_along_axis(d, i[..., None], -1)[..., 0] > 1e-4 * np.maximum(1.0, np.abs(tv))):
+            raise ValueError(f"timestep {tv.tolist()} is not one of this chain's {self.num_steps} timesteps "
+                             f"{self.timesteps.tolist()}: the guidance was built for another step count or scheduler")
+        return i
+
+    def __call__(self, t: Any) -> np.ndarray:
+        """s_i of each t: () or (B,) float64 array."""
+        return 1.0 - self.index(t) / self.num_steps

@@ -5,48 +5,45 @@ Every stage is resumable: an artefact whose config hash matches is not recompute
 from __future__ import annotations
 
 import dataclasses
-import json
+
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lib.config import RunConfig, TrainConfig
+from lib.config import RunConfig
+from lib.distributed import process_state
 from lib.evaluate import evaluate, kl_rows
-from lib.io import atomic_path, config_hash
+from lib.files import atomic_path, sha256_file
+from lib.generate import generate, paired_seeds
 from lib.methods import Method, method_denoiser, sweep_methods
+from lib.metrics import METRICS
 from lib.pareto import dominance_table
 from lib.runs import RunPaths, make_domain
 from lib.samplers import sample
-from lib.sampling import (clear_samples, generate, is_done, mark_done, paired_seeds, read_samples, stamp_of,
-                          write_samples)
-from lib.train import is_trained, process_state, train
+from lib.store import clear_samples, is_done, mark_done, read_samples, stamp_of, write_samples
+from lib.train import TrainConfig, is_trained, train
 
 
 def kl_configs(cfg: RunConfig) -> dict[Method, TrainConfig]:
     """The training config of DRaFT (lambda = 0) and of every KL-regularised run of the sweep."""
     out = {Method("draft"): dataclasses.replace(cfg.train, kl_lambda=0.0)}
-    out.update({Method("kl", f"lambda={lam:g}"): dataclasses.replace(cfg.train, kl_lambda=float(lam)) for lam in cfg.sweep.kl_lambdas})
+    out.update({Method("kl", lam): dataclasses.replace(cfg.train, kl_lambda=float(lam)) for lam in cfg.sweep.kl_lambdas})
     return out
 
 
 def _lambda(m: Method) -> float:
-    return 0.0 if m.method == "draft" else float(m.setting.split("=")[1])
+    return 0.0 if m.method == "draft" else float(m.value)
 
 
 def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True,
                 include_kl: bool = True) -> dict[str, pd.DataFrame]:
-    """Notebook 01: pre-train the toy base (toy only), then DRaFT and every KL run; returns their step logs."""
+    """Notebook 01: the domain's preparation (the toy pre-trains its base), then DRaFT and every KL run; returns
+    their step logs."""
     state = process_state()  # one process in a notebook; several under `accelerate launch -m lib.launch`
     domain = make_domain(cfg, paths)
-    if cfg.domain == "toy":
-        stamp = paths.base_model.with_suffix(".json")
-        key = config_hash(dataclasses.asdict(cfg.toy))
-        stale = force or not paths.base_model.exists() or not stamp.exists() or json.loads(stamp.read_text())["hash"] != key
-        if stale and state.is_main_process:
-            losses = domain.pretrain(paths.base_model, progress=progress)
-            with atomic_path(stamp) as tmp:
-                tmp.write_text(json.dumps({"hash": key, "final_loss": sum(losses[-100:]) / len(losses[-100:])}))
-        state.wait_for_everyone()
+    if state.is_main_process:
+        domain.prepare(force=force, progress=progress)
+    state.wait_for_everyone()
     logs = {}
     for m, tcfg in kl_configs(cfg).items():
         if m.method == "kl" and not include_kl:
@@ -54,23 +51,24 @@ def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: 
         out = paths.train(_lambda(m))
         if force or not is_trained(out, tcfg, domain):
             train(domain, tcfg, out, progress=progress)
-        logs["DRaFT" if m.method == "draft" else m.setting.replace("lambda=", "KL λ=")] = pd.read_csv(out / "log.csv")
+        logs["DRaFT" if m.method == "draft" else f"KL λ={m.value:g}"] = pd.read_csv(out / "log.csv")
     return logs
 
 
-def load_models(cfg: RunConfig, paths: RunPaths, domain) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
-    """The DRaFT model and the KL models (by setting string) of a trained run."""
+def load_models(cfg: RunConfig, paths: RunPaths, domain) -> tuple[torch.nn.Module, dict[float, torch.nn.Module]]:
+    """The DRaFT model and the KL models (by lambda) of a trained run."""
     tuned = domain.load_adapter(paths.train(0.0) / "adapter.safetensors")
-    kl = {m.setting: domain.load_adapter(paths.train(_lambda(m)) / "adapter.safetensors") for m in kl_configs(cfg) if m.method == "kl"}
+    kl = {float(m.value): domain.load_adapter(paths.train(_lambda(m)) / "adapter.safetensors")
+          for m in kl_configs(cfg) if m.method == "kl"}
     return tuned, kl
 
 
 def _model_stamp(paths: RunPaths, m: Method) -> list:
-    """What a method's samples depend on beyond the sweep: the adapters' and base model's file stamps."""
-    files = [paths.base_model, paths.train(0.0) / "adapter.safetensors"]
+    """What a method's samples depend on beyond the sweep and the base model: the adapters' sha256."""
+    files = [paths.train(0.0) / "adapter.safetensors"]
     if m.method == "kl":
         files.append(paths.train(_lambda(m)) / "adapter.safetensors")
-    return [(str(f.name), f.stat().st_mtime_ns) for f in files if f.exists()]
+    return [(f.name, sha256_file(f)) for f in files if f.exists()]
 
 
 def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> pd.DataFrame:
@@ -80,6 +78,7 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
     domain = make_domain(cfg, paths)
     tuned, kl = load_models(cfg, paths, domain)
     methods = sweep_methods(cfg.sweep)
+    base = domain.stamp()
     rows = []
     for ps in cfg.sweep.prompt_sets:
         names = domain.prompts(ps)
@@ -88,7 +87,7 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
         mine = list(range(state.process_index, len(pairs), state.num_processes))
         for m in tqdm(methods, desc=f"sampling {ps}", disable=not (progress and state.is_main_process)):
             key = f"{ps}/{m.key}"
-            stamp = stamp_of(dataclasses.asdict(cfg.sweep), cfg.domain, m, _model_stamp(paths, m))
+            stamp = stamp_of(dataclasses.asdict(cfg.sweep), base, m.label, _model_stamp(paths, m))
             calls = "-"
             if force or not is_done(paths.samples, key, stamp):
                 if state.is_main_process:
@@ -102,19 +101,20 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
                                   rank=state.process_index)
                 state.wait_for_everyone()
                 if state.is_main_process:
-                    mark_done(paths.samples, key, stamp, len(pairs))
+                    mark_done(paths.samples, key, stamp, len(pairs),
+                              dict(method=m.method, setting=m.setting, prompt_set=ps, prompts=names))
             rows.append(dict(prompt_set=ps, method=m.method, setting=m.setting, n=len(pairs), network_calls=str(calls)))
     state.wait_for_everyone()
     return pd.DataFrame(rows)
 
 
 def stage_metrics(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
-    """Notebook 03: metrics.csv (rewards, diversity against base, chain KL of the fine-tuned models)."""
+    """Notebook 03: metrics.csv (rewards, alignment, diversity against base, chain KL of the fine-tuned models)."""
     domain = make_domain(cfg, paths)
-    df = evaluate(domain, sweep_methods(cfg.sweep), paths.samples, cfg.sweep.prompt_sets, cfg.metrics.diversity,
+    df = evaluate(domain, sweep_methods(cfg.sweep), paths.samples, cfg.sweep.prompt_sets, cfg.metrics.names,
                   k=cfg.metrics.k, batch=cfg.sweep.batch_size, progress=progress)
     tuned, kl = load_models(cfg, paths, domain)
-    models = {Method("draft"): tuned, **{Method("kl", s): mdl for s, mdl in kl.items()}}
+    models = {Method("draft"): tuned, **{Method("kl", lam): mdl for lam, mdl in kl.items()}}
     df = pd.concat([df, pd.DataFrame(kl_rows(domain, models, cfg.metrics.kl_samples))], ignore_index=True)
     with atomic_path(paths.metrics) as tmp:
         df.to_csv(tmp, index=False)
@@ -123,16 +123,15 @@ def stage_metrics(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.
 
 def stage_dominance(cfg: RunConfig, df: pd.DataFrame) -> pd.DataFrame:
     """Notebook 04's table: hypervolume and dominance of each family per diversity metric (coverage set)."""
-    from lib.evaluate import MAXIMIZE
-
-    return pd.concat([dominance_table(df, d, maximize_div=MAXIMIZE[d]) for d in cfg.metrics.diversity], ignore_index=True)
+    return pd.concat([dominance_table(df, d, maximize_div=METRICS[d].maximize) for d in cfg.metrics.diversity],
+                     ignore_index=True)
 
 
 def showcase(cfg: RunConfig) -> list[Method]:
     """One representative setting per family for sample grids: the middle of each sweep list."""
     out = [Method("base"), Method("draft")]
     for fam in ("lora_scale", "aig", "combined", "kl"):
-        ms = [m for m in sweep_methods(cfg.sweep) if m.method == fam]
+        ms = [m for m in sweep_methods(cfg.sweep) if m.method == fam and m.scales is None]
         if ms:
             out.append(ms[len(ms) // 2])
     return out

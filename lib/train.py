@@ -2,27 +2,65 @@
 
 One loop covers DRaFT (K = T), DRaFT-K (gradient through the last K sampling steps), DRaFT-LV (K = 1 plus n
 re-noised copies of x_0) and ReFL (stop at a random step in [1, m] and score the one-step x_0 prediction).
-The loss is -r(x_0, c) + lambda * sum over the differentiated steps of mean((eps_tuned - eps_base)^2).
+The loss is -r(x_0, c) + lambda * sum over the differentiated steps of the sampling trajectory of
+mean((eps_tuned - eps_base)^2) (Eq. 4; DRaFT-LV's re-noised copies are not regularised, as in Eq. 4 and
+NeMo-Aligner). NeMo-Aligner *averages* the term over the K steps where Eq. 4 sums, so its kl_coeff equals our
+lambda times K (the same for K = 1, the paper's DRaFT-1).
 """
 from __future__ import annotations
 
 import copy
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lib.config import TrainConfig
-from lib.domain import Domain
+from lib.distributed import digest, gather, mean_across, process_state
+from lib.domains.base import Domain
+from lib.errors import check
+from lib.files import atomic_path, config_hash
 from lib.guidance import Denoiser
-from lib.io import atomic_path, config_hash
 from lib.lora import adapter_disabled, lora_parameters
 from lib.samplers import predict_x0, renoise, sample
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """DRaFT-family fine-tuning (DRaFT Algorithm 1) with optional KL regularisation (AIG paper Eq. 4)."""
+
+    variant: str = "draft"  # draft (K steps of gradient; K >= num_steps is full DRaFT) | lv | refl
+    K: int = 1
+    lv_n: int = 2  # DRaFT-LV: re-noised copies of x_0
+    refl_m: int = 5  # ReFL: stop at a random step in [1, m] from the end
+    kl_lambda: float = 0.0
+    steps: int = 200
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 2.5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 0.1
+    lora_rank: int = 4
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        check("train.variant", self.variant, self.variant in ("draft", "lv", "refl"), "one of draft, lv, refl")
+        for key in ("K", "lv_n", "refl_m", "steps", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
+            v = getattr(self, key)
+            check(f"train.{key}", v, isinstance(v, int) and v >= 1, "an integer >= 1")
+        check("train.kl_lambda", self.kl_lambda, self.kl_lambda >= 0, ">= 0")
+        check("train.lr", self.lr, 0 < self.lr < 1, "in (0, 1)")
+        for key in ("beta1", "beta2"):
+            check(f"train.{key}", getattr(self, key), 0 <= getattr(self, key) < 1, "in [0, 1)")
+        check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+        check("train.grad_clip", self.grad_clip, self.grad_clip > 0, "> 0")
 
 
 class KLProbe:
@@ -43,9 +81,9 @@ class KLProbe:
         return eps
 
 
-def base_branch(domain: Domain, model: torch.nn.Module) -> Denoiser:
-    """The base model's denoiser: the same network with its adapter switched off."""
-    tuned = domain.denoiser(model)
+def base_branch(domain: Domain, model: torch.nn.Module, scale: Optional[float] = None) -> Denoiser:
+    """The base model's denoiser (guidance `scale`, None: the domain's): the same network with its adapter off."""
+    tuned = domain.denoiser(model, scale)
 
     def base(x, t, cond):
         with adapter_disabled(model):
@@ -75,7 +113,7 @@ def draft_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts
         for _ in range(cfg.lv_n):
             eps = torch.randn(x0.shape, generator=rng).to(x0)
             x1 = renoise(sched, x0.detach(), eps, t1)
-            x0_i = predict_x0(sched, x1, probe(x1, t1, cond), t1)
+            x0_i = predict_x0(sched, x1, probe.tuned(x1, t1, cond), t1)  # Eq. 4: no KL on the copies
             total_reward = total_reward + domain.reward(domain.decode(x0_i), prompts)
     kl = probe.total if probe.steps else torch.zeros_like(reward)
     loss = (-total_reward + cfg.kl_lambda * kl).mean()
@@ -92,8 +130,6 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
     the LoRA gradients are averaged across processes before clipping (so the replicas stay identical; train.json
     records a digest of each replica's weights), and the main process writes the files.
     """
-    from accelerate.utils import gather_object, reduce
-
     state = process_state()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,8 +155,8 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
             stats += torch.stack([out[k].detach().float().cpu() for k in ("reward", "kl", "loss")]) / cfg.grad_accum
         if state.num_processes > 1:
             for p in params:
-                p.grad = reduce(p.grad, reduction="mean")
-            stats = reduce(stats.to(state.device), reduction="mean").cpu()
+                p.grad = mean_across(p.grad, state)
+            stats = mean_across(stats.to(state.device), state).cpu()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         opt.step()
         reward, kl, loss = stats.tolist()
@@ -128,12 +164,11 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
                     "seconds": time.perf_counter() - t0})
         bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.2e}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            rngs = gather_object([rng.get_state()]) if state.num_processes > 1 else [rng.get_state()]
+            rngs = gather(rng.get_state(), state)
             if state.is_main_process:  # resumable state, plus the adapter alone in the domain's LoRA format
                 _checkpoint(out_dir / "checkpoint.pt", key, model, opt, rngs, log, step + 1)
                 domain.save_adapter(model, out_dir / "checkpoints" / f"adapter-step{step + 1:06d}.safetensors")
-    digests = _digest(params)
-    digests = gather_object([digests]) if state.num_processes > 1 else [digests]
+    digests = gather(digest(params), state)
     frame = pd.DataFrame(log)
     if state.is_main_process:
         domain.save_adapter(model, out_dir / "adapter.safetensors")
@@ -144,24 +179,6 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
             tmp.write_text(json.dumps(meta, indent=1))
     state.wait_for_everyone()
     return model, frame
-
-
-def process_state():
-    """accelerate's PartialState: one process in a notebook, DDP processes under `accelerate launch`/torchrun
-    (gloo on CPU, nccl on GPUs)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def _digest(params: list[torch.Tensor]) -> str:
-    """sha256 of the LoRA weights (replicas of a distributed run must agree)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in params:
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _checkpoint(path: Path, key: str, model, opt, rngs: list, log, step: int) -> None:
@@ -197,7 +214,5 @@ def is_trained(out_dir: Path, cfg: TrainConfig, domain: Domain) -> bool:
 
 
 def _key(domain: Domain, cfg: TrainConfig) -> str:
-    """Hash of the training config and the base model it starts from (path, size and mtime of a local file)."""
-    base = getattr(domain, "base_path", None)
-    stamp = [str(base)] + ([base.stat().st_size, base.stat().st_mtime_ns] if isinstance(base, Path) and base.exists() else [])
-    return config_hash({"train": asdict(cfg), "domain": domain.name, "base": stamp})
+    """Hash of the training config and the base model it starts from (the domain's stamp)."""
+    return config_hash({"train": asdict(cfg), "base": domain.stamp()})

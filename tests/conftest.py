@@ -12,8 +12,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lib.config import TrainConfig
-from lib.toy import ToyConfig, ToyDomain
+from lib.train import TrainConfig
+from lib.domains.toy import ToyConfig, ToyDomain
 from lib.train import train
 
 torch.set_num_threads(1)

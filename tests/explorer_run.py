@@ -16,7 +16,7 @@ from lib.config import from_dict
 from lib.evaluate import method_rows
 from lib.methods import Method, method_denoiser
 from lib.runs import RunPaths
-from lib.sampling import generate, paired_seeds
+from lib.generate import generate, paired_seeds
 from lib.train import train
 
 PARAMS = {
@@ -51,7 +51,7 @@ def toy_run(root: Path) -> ToyRun:
     root.mkdir(parents=True, exist_ok=True)
     run.params.write_text("# a tiny toy run for the explorer tests\n" + yaml.safe_dump(PARAMS, sort_keys=False))
     cfg = from_dict(PARAMS)
-    from lib.toy import ToyDomain
+    from lib.domains.toy import ToyDomain
 
     domain = ToyDomain(cfg.toy, base_path=paths.base_model)
     domain.pretrain(paths.base_model, progress=False)

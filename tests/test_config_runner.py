@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from lib import reproduce
-from lib.config import ConfigError, from_dict, load
+from lib.config import from_dict, load
+from lib.errors import ConfigError
 from lib.runs import ROOT
 
 

@@ -11,7 +11,7 @@ import shutil
 from lib.config import load
 from lib.methods import sweep_methods
 from lib.runs import ROOT, run_paths
-from lib.sampling import read_samples
+from lib.store import read_samples
 from lib.stages import stage_sample
 
 

@@ -1,4 +1,4 @@
-"""Tests of lib.prompts: PartiPrompts parsing and hash check, the coverage rule, local overrides, offline errors."""
+"""Tests of lib.domains.sd.prompts: PartiPrompts parsing and hash check, the coverage rule, local overrides, offline errors."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import prompts as P
+from lib.domains.sd import prompts as P
 
 PARTI = Path(os.environ.get("AIG_PARTI_TSV") or
              Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv")

@@ -1,11 +1,11 @@
-"""Offline tests of lib.rewards: the real scoring code paths on tiny random CLIP networks."""
+"""Offline tests of lib.domains.sd.rewards: the real scoring code paths on tiny random CLIP networks."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import rewards as R
+from lib.domains.sd import rewards as R
 
 PROMPTS = ["a photo of a cat", "an oil painting of a lighthouse at dusk"]
 

@@ -66,6 +66,59 @@ def test_bad_specs_name_spec_and_forms(spec):
     assert repr(spec) in str(e.value) and "power:p" in str(e.value)
 
 
-def test_step_weights_at_sampler_steps():
-    w = step_weights("power:1", [999, 500, 0], 1000)
-    assert np.allclose(w, [0.999, 0.5, 0.0])
+def test_step_weights_are_indexed_by_sampling_step():
+    assert np.allclose(step_weights("power:1", 4), [1.0, 0.75, 0.5, 0.25])
+    assert np.allclose(step_weights("power:2", 4), [1.0, 1 - 1 / 16, 1 - 4 / 16, 1 - 9 / 16])
+
+
+def _sd14_ddim():
+    """SD1.4's scheduler config as the AIG paper samples it (CompVis / NeMo DDIM)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+
+
+def _sdxl_euler():
+    """SDXL's Euler config with the paper's ("trailing", NeMo's legacy DDPM discretisation) spacing."""
+    from diffusers import EulerDiscreteScheduler
+
+    from lib.domains.sd.pipelines import paper_scheduler
+
+    xl = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                timestep_spacing="leading")  # diffusers' SDXL config
+    return paper_scheduler("sdxl", xl.config)
+
+
+@pytest.mark.parametrize("make, first, last", [(_sd14_ddim, 961, 1), (_sdxl_euler, 999, 39)])
+@pytest.mark.parametrize("p", [1, 2, 5])
+def test_25_step_gamma_table_on_the_paper_samplers(make, first, last, p):
+    """gamma_i = 1 - (i / N)^p at step i of N = 25 (NeMo-Aligner's (i / N)^p weight of the tuned model), whatever
+    timesteps the sampler visits."""
+    from lib.guidance import AIG
+    from lib.samplers import sampling_timesteps
+    from lib.schedules import StepClock
+
+    ts = sampling_timesteps(make(), 25)
+    assert (round(float(ts[0])), round(float(ts[-1]))) == (first, last)
+    by_hand = [1 - (i / 25) ** p for i in range(25)]
+    guide = AIG(None, None, f"power:{p}", StepClock(ts))
+    got = [float(guide.weight(t, torch.zeros(1))) for t in ts]
+    assert np.allclose(got, by_hand, atol=1e-6)
+    assert got[0] == 1.0 and got[-1] > 0  # the base model alone at the first step; never zero at the last
+
+
+@pytest.mark.parametrize("c, base_steps", [(0.6, 10), (0.5, 13), (0.2, 20), (0.0, 25), (1.0, 0)])
+def test_step_c_runs_the_base_model_for_the_first_ceil_1_minus_c_n_steps(c, base_steps):
+    w = step_weights(f"step:{c}", 25)
+    assert int(w.sum()) == base_steps == int(np.ceil((1 - c) * 25 - 1e-9))
+    assert np.all(w[:base_steps] == 1) and np.all(w[base_steps:] == 0)
+
+
+def test_step_clock_refuses_a_timestep_of_another_chain():
+    from lib.schedules import StepClock
+
+    clock = StepClock([999, 666, 333])
+    assert np.allclose(clock(torch.tensor([999, 333])), [1.0, 1 / 3])
+    with pytest.raises(ValueError, match="not one of this chain's 3 timesteps"):
+        clock(500)

@@ -1,11 +1,11 @@
-"""Tests of lib.features: batching, uint8 / float inputs, the npz cache, and the extractor wrappers offline."""
+"""Tests of lib.domains.sd.features: batching, uint8 / float inputs, the npz cache, and the extractor wrappers offline."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from lib import features as Fe
+from lib.domains.sd import features as Fe
 
 
 class Counting(torch.nn.Module):
@@ -64,7 +64,7 @@ def test_tiny_extractors():
 
 
 def test_clip_image_embedding_matches_get_image_features():
-    from lib.rewards import clip_preprocess, tiny_clip_model
+    from lib.domains.sd.rewards import clip_preprocess, tiny_clip_model
 
     model = tiny_clip_model(seed=0)
     m = Fe.CLIPImageEmbedding(model)

@@ -4,7 +4,7 @@ import pandas as pd
 from lib import reproduce
 from lib.config import load
 from lib.methods import sweep_methods
-from lib.prompts import TINY_PROMPTS
+from lib.domains.sd.prompts import TINY_PROMPTS
 
 
 def test_smoke_sd_runs_notebooks_01_to_04(tmp_path):
@@ -20,7 +20,7 @@ def test_smoke_sd_runs_notebooks_01_to_04(tmp_path):
     for name in ("training_curves", "pareto_reward_diversity", "reward_kl", "samples"):
         assert (root / "figures" / f"{name}.png").stat().st_size > 1000
     # the adapter is in the diffusers LoRA format: a pipeline loads it
-    from lib.sd import tiny_pipeline
+    from lib.domains.sd.pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("sd")
     pipe.load_lora_weights(str(root / "train" / "draft"), weight_name="adapter.safetensors", adapter_name="draft")

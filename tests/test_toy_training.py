@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from lib import metrics as M
-from lib.config import TrainConfig
+from lib.train import TrainConfig
 from lib.guidance import aig
 from lib.lora import lora_scale
 from lib.methods import Method, method_denoiser
-from lib.samplers import sample
+from lib.samplers import sample, sampling_timesteps
 from lib.train import KLProbe, base_branch, draft_loss, train
 
 SEEDS = list(range(200))
@@ -76,8 +76,8 @@ def test_refl_stops_early_and_lv_adds_renoised_copies(toy):
         rec = {"n": 0, "grad": 0}
         orig = toy.denoiser
 
-        def counting(m, _orig=orig, _rec=rec):
-            den = _orig(m)
+        def counting(m, scale=None, _orig=orig, _rec=rec):
+            den = _orig(m, scale)
 
             def f(x, t, c):
                 _rec["n"] += 1
@@ -91,7 +91,8 @@ def test_refl_stops_early_and_lv_adds_renoised_copies(toy):
             toy.denoiser = orig
         counts[variant] = dict(rec)
     assert counts["draft"] == {"n": n + 1, "grad": 1}  # DRaFT-1: one differentiated step (+ its base call)
-    assert counts["lv"] == {"n": n + 1 + 2 * 3, "grad": 1 + 3}  # + n = 3 re-noised one-step predictions
+    # + n = 3 re-noised one-step predictions of the tuned model; Eq. 4 puts no KL term on them (no base calls)
+    assert counts["lv"] == {"n": n + 1 + 3, "grad": 1 + 3}
     # ReFL: one differentiated x0 prediction at a random step j in [1, m] from the end, then stop: n - j + 1 calls
     assert counts["refl"]["grad"] == 1
     assert n - 4 + 1 <= counts["refl"]["n"] - 1 <= n
@@ -125,16 +126,20 @@ def test_lora_scale_zero_reproduces_base_exactly(toy, draft_run):
 def test_aig_identities(toy, draft_run):
     tuned = draft_run[0]
     base_den, tuned_den = base_branch(toy, tuned), toy.denoiser(tuned)
+    ts = sampling_timesteps(toy.scheduler, toy.num_steps)
     plain_base = draw(toy, toy.denoiser(toy.base_model()))
     plain_tuned = draw(toy, tuned_den)
-    assert torch.equal(draw(toy, aig(base_den, tuned_den, "base")), plain_base)
-    assert torch.equal(draw(toy, aig(base_den, tuned_den, "tuned")), plain_tuned)
+    assert torch.equal(draw(toy, aig(base_den, tuned_den, "base", ts)), plain_base)
+    assert torch.equal(draw(toy, aig(base_den, tuned_den, "tuned", ts)), plain_tuned)
 
-    # step:c = base model for the steps with s > c, then the tuned model
+    # step:c = the base model for the first ceil((1 - c) N) sampling steps, then the tuned model
     c = 0.45
+    first_tuned = int(np.ceil((1 - c) * toy.num_steps))
+    order = [float(t) for t in ts]
+
     def switch(x, t, cond):
-        return base_den(x, t, cond) if t / toy.num_train_timesteps > c else tuned_den(x, t, cond)
-    assert torch.equal(draw(toy, aig(base_den, tuned_den, f"step:{c}")), draw(toy, switch))
+        return base_den(x, t, cond) if order.index(float(t)) < first_tuned else tuned_den(x, t, cond)
+    assert torch.equal(draw(toy, aig(base_den, tuned_den, f"step:{c}", ts)), draw(toy, switch))
 
 
 def test_methods_share_paired_noise(toy, draft_run):
@@ -163,7 +168,7 @@ def test_unregularised_draft_loses_modes(toy, draft_run):
     assert r(hacked) > r(base)
 
 
-def test_training_writes_adapter_log_and_resumes(toy, tmp_path):
+def test_training_writes_adapter_log_and_checkpoints(toy, tmp_path):
     cfg = TrainConfig(steps=4, batch_size=8, checkpoint_every=2)
     model, log = train(toy, cfg, tmp_path, progress=False)
     assert (tmp_path / "adapter.safetensors").exists() and len(log) == 4
@@ -175,10 +180,38 @@ def test_training_writes_adapter_log_and_resumes(toy, tmp_path):
     assert sorted(f.name for f in (tmp_path / "checkpoints").iterdir()) == ["adapter-step000002.safetensors", "adapter-step000004.safetensors"]
     at4 = toy.load_adapter(tmp_path / "checkpoints" / "adapter-step000004.safetensors")
     assert torch.equal(at4(x, 500, toy.encode(["gmm-0"] * 3)), loaded(x, 500, toy.encode(["gmm-0"] * 3)))
-    # a longer run of the same config resumes from the checkpoint at step 4
-    longer = dataclasses.replace(cfg, steps=6)
-    _, log2 = train(toy, longer, tmp_path, progress=False)
-    assert len(log2) == 6
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(toy, tmp_path, monkeypatch):
+    """Interrupt a run of one config after its step-4 checkpoint, run the same config again: it computes only
+    steps 5-6 and ends with the log and weights of a run that was never interrupted."""
+    import lib.train as T
+
+    cfg = TrainConfig(variant="lv", steps=6, batch_size=8, checkpoint_every=2, lv_n=1)  # LV draws from the rng too
+    _, clean_log = train(toy, cfg, tmp_path / "clean", progress=False)
+    clean = toy.load_adapter(tmp_path / "clean" / "adapter.safetensors")
+
+    real, calls = T.draft_loss, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("simulated Ctrl-C at step 5")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "draft_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(toy, cfg, tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed" / "adapter.safetensors").exists()
+    calls.clear()
+    _, log = train(toy, cfg, tmp_path / "resumed", progress=False)
+    assert len(calls) == 2  # steps 5 and 6 only: it resumed from the step-4 checkpoint
+    cols = ["step", "reward", "kl", "loss", "grad_norm"]
+    assert log[cols].equals(clean_log[cols])
+    resumed = toy.load_adapter(tmp_path / "resumed" / "adapter.safetensors")
+    x = toy.noise(range(3))
+    c = toy.encode(["gmm-0"] * 3)
+    assert torch.equal(resumed(x, 500, c), clean(x, 500, c))
 
 
 def test_kl_probe_every_step_counts_the_chain(toy, draft_run):

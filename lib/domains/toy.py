@@ -6,12 +6,16 @@ the AIG paper discusses) with one bump higher than the rest (the global maximum)
 the global maximum that pulls every sample towards it. Unregularised reward maximisation therefore collapses
 onto one mode (Lemma 1), while every mode has a high-reward region close to it (the assumption of A.5).
 Sampling goes through diffusers' DDIM scheduler, the same code path as Stable Diffusion.
+
+Run layout: the pre-trained base model is `<run>/models/base.safetensors` with `base.json` (config hash, final
+loss) next to it; `prepare` trains it when missing or stale.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,8 +27,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from lib.guidance import Denoiser, cfg
-from lib.io import atomic_path
+from lib.distributed import device_for
+from lib.drawing import family_color
+from lib.errors import check
+from lib.files import atomic_path, config_hash, sha256_file, write_text
+from lib.guidance import Denoiser, classifier_free
 from lib.samplers import per_sample_noise
 
 
@@ -54,8 +61,6 @@ class ToyConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from lib.config import check
-
         check("toy.num_prompts", self.num_prompts, self.num_prompts >= 1, ">= 1")
         check("toy.modes", self.modes, len(self.modes) >= 1 and min(self.modes) >= 1, "a non-empty list of ints >= 1")
         for key in ("radius", "mode_std", "reward_width", "reward_pull_width", "pretrain_lr"):
@@ -112,16 +117,49 @@ def _seeded(seed: int):
 
 
 class ToyDomain:
-    """The 2-D toy domain (see module docstring); implements lib.domain.Domain."""
+    """The 2-D toy domain (see module docstring); implements lib.domains.base.Domain.
+
+    `root` is the run folder (the base model lives in root/models/); without it, `pretrain(path)` sets the path.
+    """
 
     name = "toy"
 
-    def __init__(self, cfg: ToyConfig, base_path: Optional[Path] = None, device: str = "cpu"):
-        self.cfg, self.device = cfg, torch.device(device)
+    def __init__(self, cfg: ToyConfig, root: Optional[Path] = None, device: str | torch.device = "cpu"):
+        self.cfg, self.device = cfg, device_for(device) if isinstance(device, str) else torch.device(device)
         self.num_train_timesteps, self.num_steps = cfg.num_train_timesteps, cfg.num_steps
+        self.guidance_scale = cfg.guidance_scale
         self.scheduler = toy_scheduler(cfg.num_train_timesteps)
         self.means, self.peaks, self.heights, self.top = self._layout()
-        self.base_path = Path(base_path) if base_path else None
+        self.base_path = Path(root) / "models" / "base.safetensors" if root else None
+        self._fields: dict = {}
+
+    @classmethod
+    def capabilities(cls, config: ToyConfig) -> frozenset[str]:
+        """Reward, the 2-D points as features, and the chain KL; no image embeddings, no CLIP."""
+        return frozenset({"reward", "features", "chain"})
+
+    # ---- the run's base model ----------------------------------------------------------------------------
+    def _base_record(self) -> Path:
+        return self.base_path.with_suffix(".json")
+
+    def prepare(self, force: bool = False, progress: bool = True) -> Optional[dict]:
+        """Pre-train the base model unless a model of this exact config is stored; returns its record if trained."""
+        if self.base_path is None:
+            raise ValueError("ToyDomain.prepare needs the run folder (ToyDomain(cfg, root=...))")
+        key = config_hash(asdict(self.cfg))
+        rec = self._base_record()
+        if not force and self.base_path.exists() and rec.exists() and json.loads(rec.read_text()).get("hash") == key:
+            return None
+        losses = self.pretrain(self.base_path, progress=progress)
+        info = {"hash": key, "final_loss": sum(losses[-100:]) / len(losses[-100:]), "steps": len(losses)}
+        write_text(rec, json.dumps(info))
+        return info
+
+    def stamp(self) -> dict:
+        """The toy config and the sha256 of the stored base model."""
+        base = self.base_path
+        digest = sha256_file(base) if base is not None and base.exists() else None
+        return {"domain": self.name, "config": asdict(self.cfg), "base_sha256": digest}
 
     # ---- the problem -------------------------------------------------------------------------------------
     def _layout(self):
@@ -227,10 +265,10 @@ class ToyDomain:
         model.load_state_dict(load_file(str(self.base_path)))
         return model.requires_grad_(False).eval()
 
-    def denoiser(self, model: nn.Module) -> Denoiser:
-        """(x, t, cond) -> eps, with classifier-free guidance at cfg.guidance_scale."""
+    def denoiser(self, model: nn.Module, scale: Optional[float] = None) -> Denoiser:
+        """(x, t, cond) -> eps, with classifier-free guidance at `scale` (default cfg.guidance_scale)."""
         null = torch.tensor([self.cfg.num_prompts], device=self.device)
-        return cfg(model, null, self.cfg.guidance_scale)
+        return classifier_free(model, null, self.cfg.guidance_scale if scale is None else float(scale))
 
     def add_adapter(self, model: nn.Module, rank: int, seed: int) -> nn.Module:
         """Inject a fresh LoRA adapter (B = 0, so the model starts equal to the base) on every linear layer."""
@@ -264,6 +302,14 @@ class ToyDomain:
         """The 2-D samples themselves: (N, 2)."""
         return samples.detach().cpu().double().numpy().reshape(len(samples), -1)
 
+    def embeddings(self, samples: torch.Tensor) -> np.ndarray:
+        """Not available: 2-D points have no image embedding (config refuses dino_diversity for the toy)."""
+        raise NotImplementedError("the toy domain has no image embedding for DinoDiversity")
+
+    def clip_scores(self, samples: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
+        """Not available: the toy's prompts are indices, not text (config refuses clip for the toy)."""
+        raise NotImplementedError("the toy domain has no image-text model for a CLIP score")
+
     def to_storage(self, samples: torch.Tensor) -> np.ndarray:
         """float32 points (N, 2)."""
         return samples.detach().cpu().float().numpy()
@@ -272,16 +318,58 @@ class ToyDomain:
         return torch.from_numpy(np.asarray(stored, dtype=np.float32))
 
     def reward_field(self, prompt: int, lim: float = 2.6, n: int = 120):
-        """Reward on a grid for contour plots: x (n, n), y (n, n), r (n, n)."""
-        g = torch.linspace(-lim, lim, n)
-        gx, gy = torch.meshgrid(g, g, indexing="xy")
-        pts = torch.stack([gx.ravel(), gy.ravel()], 1)
-        with torch.no_grad():
-            r = self.reward(pts, [f"gmm-{prompt}"] * len(pts)).reshape(n, n)
-        return gx.numpy(), gy.numpy(), r.numpy()
+        """Reward on a grid for contour plots: x (n, n), y (n, n), r (n, n) (computed once per prompt)."""
+        key = (int(prompt), float(lim), int(n))
+        if key not in self._fields:
+            g = torch.linspace(-lim, lim, n)
+            gx, gy = torch.meshgrid(g, g, indexing="xy")
+            pts = torch.stack([gx.ravel(), gy.ravel()], 1)
+            with torch.no_grad():
+                r = self.reward(pts, [f"gmm-{prompt}"] * len(pts)).reshape(n, n)
+            self._fields[key] = (gx.numpy(), gy.numpy(), r.numpy())
+        return self._fields[key]
 
-    def sample_grid(self, samples: dict):
-        """Scatter grid (method rows x prompt columns) over the reward landscape."""
-        from lib.plots import sample_grid
+    def sample_grid(self, samples: dict, lim: float = 2.6):
+        """Scatter grid (Fig. 2 style: method rows x prompt columns) over the reward landscape in grey."""
+        import matplotlib.pyplot as plt  # figures only where drawn
 
-        return sample_grid(samples, self.cfg.num_prompts, reward_field=self.reward_field)
+        n = self.cfg.num_prompts
+        fig, axes = plt.subplots(len(samples), n, figsize=(2.3 * n, 2.3 * len(samples)), squeeze=False)
+        for r, (name, (x, p)) in enumerate(samples.items()):
+            for j in range(n):
+                ax = axes[r][j]
+                self.draw_samples(ax, np.asarray(x)[np.asarray(p) == j], np.full(int((np.asarray(p) == j).sum()), j),
+                                  family_color(name), lim=lim)
+                if r == 0:
+                    ax.set_title(f"prompt gmm-{j}", fontsize=9)
+                if j == 0:
+                    ax.set_ylabel(name, fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def draw_samples(self, ax, stored: np.ndarray, prompt_index: np.ndarray, color=None, lim: float = 2.6) -> None:
+        """Points of one prompt over its reward landscape (grey contours)."""
+        j = int(prompt_index[0]) if len(prompt_index) else 0
+        gx, gy, z = self.reward_field(j, lim)
+        ax.contourf(gx, gy, z, levels=12, cmap="Greys", alpha=0.5)
+        x = np.asarray(stored)
+        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color=color or "tab:gray")
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[])
+
+    def trajectory_figure(self, paths: dict[str, np.ndarray], prompt: int, lim: float = 2.6):
+        """Fig. 1 style: sampling trajectories (steps+1, B, 2) of each method over the reward landscape."""
+        import matplotlib.pyplot as plt  # figures only where drawn
+
+        fig, axes = plt.subplots(1, len(paths), figsize=(4 * len(paths), 4), squeeze=False)
+        gx, gy, z = self.reward_field(prompt, lim)
+        for ax, (name, xs) in zip(axes[0], paths.items()):
+            ax.contourf(gx, gy, z, levels=12, cmap="Greys", alpha=0.5)
+            color = family_color(name)
+            for b in range(xs.shape[1]):
+                ax.plot(xs[:, b, 0], xs[:, b, 1], color=color, lw=0.8, alpha=0.7)
+            ax.scatter(xs[-1, :, 0], xs[-1, :, 1], color=color, s=18, edgecolor="k", zorder=3)
+            ax.scatter(xs[0, :, 0], xs[0, :, 1], color="white", s=10, edgecolor="k", zorder=3)
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[], title=name)
+        fig.suptitle("sampling trajectories from the same noise (white: x_T, filled: x_0; grey: reward)")
+        fig.tight_layout()
+        return fig

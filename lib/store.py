@@ -1,42 +1,20 @@
-"""Notebook 02's engine: sample every method on a prompt set with paired per-sample seeds, resumably.
+"""The sample store: every method's samples on a prompt set, as written by notebook 02 and read by everything else.
 
-Samples of one (method, setting) are stored as shards `samples/<key>/shard_rRRR_XXXXX.npz` (arrays `x`, `prompt`,
-`seed`, `position` in the full list of pairs), each written atomically; `done.json` marks a complete, current set.
-Under several processes (`accelerate launch -m lib.launch ... --stages sample`) process r samples pairs r, r + N, ...
-and writes its own shards; `read_samples` puts the rows back in pair order.
+Samples of one (method, setting) on a prompt set are stored as shards `samples/<prompt set>/<method key>/
+shard_rRRR_XXXXX.npz` (arrays `x` in the domain's storage form, `prompt` index, `seed`, `position` in the full list
+of (prompt, seed) pairs), each written atomically; `done.json` marks a complete, current set and records the
+method, its setting and the prompt texts. Under several processes process r writes pairs r, r + N, ... into its
+own shards; `read_samples` puts the rows back in pair order.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from lib.domain import Domain
-from lib.io import atomic_path, config_hash
-from lib.samplers import sample
-
-
-def paired_seeds(num_prompts: int, per_prompt: int, offset: int = 0) -> list[tuple[int, int]]:
-    """(prompt index j, seed) pairs; sample i of prompt j has seed offset + j * per_prompt + i in every method."""
-    return [(j, offset + j * per_prompt + i) for j in range(num_prompts) for i in range(per_prompt)]
-
-
-def generate(domain: Domain, denoiser, prompts: Sequence[str], pairs: Sequence[tuple[int, int]], batch_size: int,
-             progress: bool = False, num_steps: int | None = None) -> np.ndarray:
-    """Stored samples (N, ...) (domain.to_storage) for (prompt index, seed) pairs, in batches, with
-    num_steps sampler steps (default: domain.num_steps)."""
-    out = []
-    with torch.no_grad():
-        for lo in tqdm(range(0, len(pairs), batch_size), disable=not progress, desc="batches", leave=False):
-            chunk = pairs[lo: lo + batch_size]
-            cond = domain.encode([prompts[j] for j, _ in chunk])
-            x = sample(denoiser, domain.scheduler, domain.noise([s for _, s in chunk]), cond, num_steps or domain.num_steps)
-            out.append(domain.to_storage(domain.decode(x)))
-    return np.concatenate(out)
+from lib.files import atomic_path, config_hash
 
 
 def write_samples(out_dir: Path, key: str, samples: np.ndarray, pairs: Sequence[tuple[int, int]], stamp: str,
@@ -58,10 +36,18 @@ def clear_samples(out_dir: Path, key: str) -> None:
         f.unlink(missing_ok=True)
 
 
-def mark_done(out_dir: Path, key: str, stamp: str, n: int) -> None:
-    """Record that the shards of key hold all n samples of this stamp."""
+def mark_done(out_dir: Path, key: str, stamp: str, n: int, meta: Optional[dict] = None) -> None:
+    """Record that the shards of key hold all n samples of this stamp (plus meta: method, setting, prompts)."""
     with atomic_path(Path(out_dir) / key / "done.json") as tmp:
-        tmp.write_text(json.dumps({"stamp": stamp, "n": n}))
+        tmp.write_text(json.dumps({"stamp": stamp, "n": n, **(meta or {})}))
+
+
+def read_meta(out_dir: Path, key: str) -> dict:
+    """The done.json record of a complete sample set: stamp, n, method, setting, prompts."""
+    done = Path(out_dir) / key / "done.json"
+    if not done.exists():
+        raise FileNotFoundError(f"{done}: no complete sample set (run notebook 02)")
+    return json.loads(done.read_text())
 
 
 def is_done(out_dir: Path, key: str, stamp: str) -> bool:

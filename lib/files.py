@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes and config hashes."""
+"""File helpers at the bottom of the layering: atomic writes, hashes and the download cache folder."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -41,3 +41,18 @@ def write_text(path: Path | str, text: str) -> None:
 def config_hash(obj: Any) -> str:
     """Short stable hash of a JSON-able description of a configuration."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """The download cache: `cache_dir`, else $AIG_CACHE_DIR, else ~/.cache/aig_workbook."""
+    root = cache_dir or os.environ.get("AIG_CACHE_DIR") or Path.home() / ".cache" / "aig_workbook"
+    return Path(root).expanduser()

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from lib.files import cache_root
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -36,8 +38,6 @@ def clip_tokenizer_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     bos 49406, eos/pad 49407); used by the offline tiny pipelines and tiny reward models.
     """
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
-    from lib.prompts import cache_root
 
     out = cache_root(cache_dir) / "clip_tokenizer"
     if (out / "vocab.json").is_file() and (out / "merges.txt").is_file():
@@ -77,7 +77,7 @@ def clip_preprocess(images: torch.Tensor, size: int = 224, mean=OPENAI_MEAN, std
     return (x - m) / s
 
 
-def _pooled(out) -> torch.Tensor:
+def pooled(out) -> torch.Tensor:
     """transformers 5 returns an output object from get_*_features: its pooled (projected) embedding."""
     return out if torch.is_tensor(out) else out.pooler_output
 
@@ -119,8 +119,8 @@ class _HFClip(Reward):
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True,
                              return_tensors="pt").to(p.device)
         with torch.no_grad():
-            txt = _pooled(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
-        img = _pooled(self.model.get_image_features(pixel_values=pix))  # (B, D)
+            txt = pooled(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
+        img = pooled(self.model.get_image_features(pixel_values=pix))  # (B, D)
         return F.cosine_similarity(img.float(), txt.float(), dim=-1)
 
 
@@ -135,13 +135,13 @@ class PickScore(_HFClip):
 
 
 class CLIPScore(_HFClip):
-    """CLIP score = 100 * max(cos(image, text), 0) (the torchmetrics convention of ImageReFL's tables)."""
+    """CLIP score = 100 * cos(image, text) (lib.metrics.clip_score: ImageReFL's cosine, x 100, not clamped)."""
 
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer, "clip")
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return 100.0 * self.cosine(images, prompts).clamp(min=0)
+        return 100.0 * self.cosine(images, prompts)
 
 
 class HPS(Reward):
@@ -189,20 +189,23 @@ def load_pickscore(path: Optional[str] = None, processor_path: Optional[str] = N
     """PickScore_v1 (transformers CLIPModel) with the laion ViT-H-14 tokenizer; local paths override the hub."""
     from transformers import AutoTokenizer, CLIPModel
 
-    model = _hub(CLIPModel.from_pretrained, path or PICKSCORE_MODEL, "PickScore model", "reward_path",
+    model = hub_load(CLIPModel.from_pretrained, path or PICKSCORE_MODEL, "PickScore model", "reward_path",
                  dtype=dtype, cache_dir=cache_dir)
-    tok = _hub(AutoTokenizer.from_pretrained, processor_path or PICKSCORE_PROCESSOR, "PickScore tokenizer",
+    tok = hub_load(AutoTokenizer.from_pretrained, processor_path or PICKSCORE_PROCESSOR, "PickScore tokenizer",
                "processor_path", cache_dir=cache_dir)
     return PickScore(model.to(device), tok)
 
 
-def load_clip_score(path: Optional[str] = None, device="cpu", dtype=torch.float32, cache_dir=None) -> CLIPScore:
-    """CLIP score with openai/clip-vit-large-patch14 (or a local CLIPModel directory)."""
+def load_clip_score(name: str = "clip", path: Optional[str] = None, device="cpu", dtype=torch.float32,
+                    cache_dir=None) -> CLIPScore:
+    """CLIP score with openai/clip-vit-large-patch14 (or a local CLIPModel directory); "tiny-clip" offline."""
     from transformers import AutoTokenizer, CLIPModel
 
+    if name.startswith("tiny"):
+        return tiny_reward("tiny-clip", cache_dir=cache_dir).to(device)
     src = path or CLIP_SCORE_MODEL
-    model = _hub(CLIPModel.from_pretrained, src, "CLIP model", "path", dtype=dtype, cache_dir=cache_dir)
-    tok = _hub(AutoTokenizer.from_pretrained, src, "CLIP tokenizer", "path", cache_dir=cache_dir)
+    model = hub_load(CLIPModel.from_pretrained, src, "CLIP model", "path", dtype=dtype, cache_dir=cache_dir)
+    tok = hub_load(AutoTokenizer.from_pretrained, src, "CLIP tokenizer", "path", cache_dir=cache_dir)
     return CLIPScore(model.to(device), tok)
 
 
@@ -216,7 +219,7 @@ def load_hps(version: str = "hpsv2", path: Optional[str] = None, device="cpu", d
     if path is None:
         from huggingface_hub import hf_hub_download
 
-        path = _hub(lambda repo, **kw: hf_hub_download(repo, HPS_FILES[version], **kw), HPS_REPO,
+        path = hub_load(lambda repo, **kw: hf_hub_download(repo, HPS_FILES[version], **kw), HPS_REPO,
                     f"HPS checkpoint {HPS_FILES[version]}", "reward_path", cache_dir=cache_dir)
     model = open_clip.create_model("ViT-H-14", pretrained=None)
     load_hps_checkpoint(model, path)
@@ -237,7 +240,7 @@ def save_hps_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None
     torch.save({"state_dict": model.state_dict()}, path)
 
 
-def _hub(fn, src: str, what: str, override: str, **kwargs):
+def hub_load(fn, src: str, what: str, override: str, **kwargs):
     """Call a from_pretrained-style loader; offline failures name the source and the override."""
     try:
         return fn(src, **kwargs)
@@ -261,7 +264,7 @@ def tiny_clip_model(seed: int = 0, image_size: int = 224, patch_size: int = 32):
 
 
 def tiny_open_clip(seed: int = 0):
-    """A tiny random open_clip.CLIP (DESIGN appendix): embed 16, ViT 32px / patch 8, text width 32."""
+    """A tiny random open_clip.CLIP (the shape of diffusers' and open_clip's test models): embed 16, ViT 32px / patch 8, text width 32."""
     import open_clip
 
     with torch.random.fork_rng(devices=[]):
@@ -296,7 +299,7 @@ def load_reward(name: str, path: Optional[str] = None, device="cpu", dtype=torch
     if name in HPS_FILES:
         return load_hps(name, path, device=device, dtype=dtype, cache_dir=cache_dir)
     if name == "clip":
-        return load_clip_score(path, device=device, dtype=dtype, cache_dir=cache_dir)
+        return load_clip_score("clip", path, device=device, dtype=dtype, cache_dir=cache_dir)
     if name == "anticorrelation":
         return RotationalAntiCorrelation()
     if name.startswith("tiny-"):

@@ -6,7 +6,7 @@
 - `tiny`, `tiny-dino`: small random networks for offline tests; any nn.Module mapping images to (B, D) works.
 
 Every extractor maps float images (B, 3, H, W) in [0, 1] to features (B, D). `extract` batches, accepts uint8
-(N, H, W, 3) arrays as written by `lib.sd.generate`, and caches results as npz keyed by a hash of the extractor's
+(N, H, W, 3) or (N, 3, H, W) arrays, and caches results as npz keyed by a hash of the extractor's
 weights and the images.
 """
 from __future__ import annotations
@@ -19,6 +19,9 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lib.domains.sd.rewards import hub_load, pooled, clip_preprocess
+from lib.files import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,11 +79,9 @@ class CLIPImageEmbedding(torch.nn.Module):
         self.model = model.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from lib.rewards import _pooled, clip_preprocess
-
         size = int(self.model.config.vision_config.image_size)
         x = clip_preprocess(images, size).to(next(self.model.parameters()).dtype)
-        return _pooled(self.model.get_image_features(pixel_values=x))
+        return pooled(self.model.get_image_features(pixel_values=x))
 
 
 class TinyFeatures(torch.nn.Module):
@@ -111,19 +112,17 @@ def tiny_dino(seed: int = 0) -> DinoCLS:
 
 def load_extractor(name: str, path: Optional[str] = None, device="cpu", cache_dir=None) -> torch.nn.Module:
     """A frozen feature extractor by name (see EXTRACTORS); `path` overrides the weights' location."""
-    from lib.rewards import _hub
-
     if name == "inception":
         m = InceptionPool3(path)
     elif name == "dino":
         from transformers import AutoModel
 
-        m = DinoCLS(_hub(AutoModel.from_pretrained, path or DINO_MODEL, "DINO model", "feature_paths['dino']",
+        m = DinoCLS(hub_load(AutoModel.from_pretrained, path or DINO_MODEL, "DINO model", "feature_paths['dino']",
                          cache_dir=cache_dir, add_pooling_layer=False))
     elif name == "clip":
         from transformers import CLIPModel
 
-        m = CLIPImageEmbedding(_hub(CLIPModel.from_pretrained, path or CLIP_MODEL, "CLIP model",
+        m = CLIPImageEmbedding(hub_load(CLIPModel.from_pretrained, path or CLIP_MODEL, "CLIP model",
                                     "feature_paths['clip']", cache_dir=cache_dir))
     elif name == "tiny":
         m = TinyFeatures()
@@ -177,7 +176,5 @@ def extract(extractor: torch.nn.Module, images, batch_size: int = 32, device=Non
             out.append(extractor(batch).float().reshape(batch.shape[0], -1).cpu().numpy())
     feats = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
     if path is not None:
-        from lib.io import atomic_write
-
         atomic_write(path, lambda fh: np.savez(fh, features=feats))
     return feats

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lib.files import cache_root, sha256_file
+
 PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
 PARTI_SHA256 = "fab29e41bb512a169b56acab4cf2a41dcb675e285df2efcde6640c7dd3c440eb"
 PARTI_COUNT = 1632
@@ -40,21 +42,6 @@ TINY_PROMPTS = (
     "a city street at night in the rain",
     "a green tree on a hill",
 )
-
-
-def cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
-    """The download cache: `cache_dir`, else $AIG_CACHE_DIR, else ~/.cache/aig_workbook."""
-    root = cache_dir or os.environ.get("AIG_CACHE_DIR") or Path.home() / ".cache" / "aig_workbook"
-    return Path(root).expanduser()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _verify(path: Path, sha256: Optional[str], url: str) -> Path:
