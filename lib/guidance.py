@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from lib.schedules import Schedule, StepClock, parse
+from lib.schedules import Const, Schedule, StepClock, parse
 
 Denoiser = Callable[[torch.Tensor, Any, Any], torch.Tensor]
 
@@ -37,7 +37,9 @@ class AIG:
         self.calls: Counter = Counter()
 
     def weight(self, t: Any, x: torch.Tensor) -> torch.Tensor:
-        """gamma(s(t)) as a float tensor on x's device: () or (B,)."""
+        """gamma(s(t)) as a float tensor on x's device: () or (B,); a constant schedule needs no clock."""
+        if isinstance(self.gamma, Const):
+            return torch.tensor(self.gamma.g, device=x.device, dtype=x.dtype)
         s = torch.as_tensor(self.clock(t), dtype=torch.float64)
         return self.gamma(s).to(device=x.device, dtype=x.dtype)
 

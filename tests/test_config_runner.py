@@ -37,6 +37,49 @@ def test_bad_values_name_key_value_and_rule(data, key):
     assert key in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("metric, section", [("clip", "alignment"), ("dino_diversity", "diversity")])
+def test_a_metric_the_domain_cannot_compute_is_refused_at_load(metric, section):
+    with pytest.raises(ConfigError) as e:
+        from_dict({"domain": "toy", "metrics": {section: [metric]}})
+    msg = str(e.value)
+    assert f"'{metric}' cannot be computed on domain 'toy'" in msg and "fid" in msg and "\n" not in msg
+    sd = {"domain": "diffusers", "sd": {"model": "tiny"}, "metrics": {section: [metric]}}
+    assert metric in from_dict(sd).metrics.names
+
+
+def test_extends_overrides_a_preset_key_by_key(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "base.yaml").write_text(
+        "domain: toy\ntoy:\n  num_steps: 7\n  hidden: 32\nsweep:\n  aig: ['power:1']\n  combined: [0.5]\n")
+    (tmp_path / "run.yaml").write_text("extends: presets/base.yaml\nrun: child\ntoy:\n  hidden: 16\n")
+    cfg = load(tmp_path / "run.yaml")
+    assert (cfg.run, cfg.domain_config.num_steps, cfg.domain_config.hidden) == ("child", 7, 16)
+    assert cfg.sweep.aig == ("power:1",) and cfg.sweep.combined == (0.5,)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\nrun: x\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load(tmp_path / "loop.yaml")
+
+
+def test_paper_params_files_differ_from_their_preset_only_in_the_reward():
+    a, b = load(ROOT / "params" / "sd14_pickscore.yaml"), load(ROOT / "params" / "sdxl_hpsv2.yaml")
+    assert (a.domain_config.kind, a.domain_config.num_steps, a.domain_config.guidance_scale) == ("sd", 25, 7.5)
+    assert (b.domain_config.kind, b.domain_config.guidance_scale, b.domain_config.resolution) == ("sdxl", 5.0, 1024)
+    assert (a.domain_config.reward, b.domain_config.reward) == ("pickscore", "hpsv2")
+    assert a.train == b.train and a.train.lora_rank == 32 and a.train.steps == 1200
+
+
+def test_sweep_guidance_pairs_add_per_branch_methods():
+    from lib.methods import sweep_methods
+
+    cfg = from_dict({"sweep": {"aig": ["power:2"], "combined": [0.5], "guidance": [[7.5, 1]], "kl_lambdas": [],
+                               "lora_scales": []}})
+    labels = [m.label for m in sweep_methods(cfg.sweep)]
+    assert labels == ["base", "draft", "aig power:2", "combined step:0.5", "aig power:2 cfg=7.5/1",
+                      "combined step:0.5 cfg=7.5/1"]
+    with pytest.raises(ConfigError, match="sweep.guidance"):
+        from_dict({"sweep": {"guidance": [[0.5, 1]]}})
+
+
 def test_bad_params_file_is_a_one_line_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: x\ntrain:\n  K: 0\n")

@@ -73,12 +73,27 @@ def test_pairwise_diversity():
 
 
 def test_clip_score_convention_and_ci():
-    assert np.allclose(M.clip_score([[1, 0], [1, 0]], [[1, 0], [-1, 0]]), [100.0, 0.0])
+    # 100 * cos, not clamped at 0 (ImageReFL's cosine x 100; torchmetrics would clamp the second to 0)
+    assert np.allclose(M.clip_score([[1, 0], [1, 0], [3, 4]], [[2, 0], [-1, 0], [1, 0]]), [100.0, -100.0, 60.0])
     mean, half, n = M.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and n == 3 and half == pytest.approx(4.303 * 1 / np.sqrt(3), rel=1e-3)
 
 
-def test_torch_inputs_accepted():
+def test_torch_inputs_give_the_numpy_values():
     import torch
     a = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
-    assert M.scd(a, a) == 0.0
+    b = torch.randn(100, 3, generator=torch.Generator().manual_seed(1)) * 2
+    for fn in (M.fid, M.scd, M.lscd, M.recall):
+        assert fn(a, b) == pytest.approx(fn(a.numpy(), b.numpy()), rel=1e-12)
+    assert M.scd(a, b) > 1.0  # twice the spread: clearly non-zero
+
+
+def test_spectral_distances_refuse_unequal_sample_counts():
+    """With N < D, sets of different sizes differ in their number of zero eigenvalues alone (LSCD exploded to
+    ~1e4 for 100 vs 120 samples of the same distribution): refused with a clear message."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(100, 256)), rng.normal(size=(120, 256))
+    for fn in (M.scd, M.lscd):
+        with pytest.raises(ValueError, match="100 and 120 samples"):
+            fn(a, b)
+    assert M.lscd(a, rng.normal(size=(100, 256))) < 1.0  # equal sizes of the same distribution: small

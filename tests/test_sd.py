@@ -1,14 +1,21 @@
-"""Offline tests of the Stable Diffusion domain on tiny randomly initialised SD / SDXL pipelines (lib.sd)."""
+"""Offline tests of the Stable Diffusion domain on tiny randomly initialised SD / SDXL pipelines
+(lib.domains.sd: pipelines, UNet views and AIG for stock pipelines, the domain)."""
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
 import torch
 
-from lib import sd
+from lib.domains.sd import config as C, domain as D, pipelines as P, unet as U
 from lib.guidance import AIG
 from lib.lora import adapter_disabled, lora_parameters, lora_scale
-from lib.samplers import sample
+from lib.methods import Method, method_denoiser
+from lib.samplers import sample, sampling_timesteps
+from lib.schedules import StepClock
+
+sd = types.SimpleNamespace(**{k: getattr(m, k) for m in (P, U, C, D) for k in dir(m) if not k.startswith("__")})
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers Euler
 
@@ -121,7 +128,7 @@ def test_paper_scheduler_for_sd14_config_is_compvis_ddim():
 def test_domain_implements_the_protocol_and_prompt_overrides(cache, tmp_path):
     import json
 
-    from lib.domain import Domain
+    from lib.domains.base import Domain
 
     photo = tmp_path / "photo.json"
     photo.write_text(json.dumps([f"a photo of object {i}" for i in range(800)]))
@@ -139,7 +146,7 @@ def test_domain_prompts_noise_and_features(cache):
     assert torch.equal(dom.noise([4, 5])[1], dom.noise([5])[0]) and dom.noise([4]).dtype == torch.float32
     feats = dom.features(torch.rand(3, 3, 64, 64))
     assert feats.shape == (3, 16)
-    assert dom.num_train_timesteps == 1000 and dom.num_steps == STEPS and dom.name == "sd"
+    assert dom.num_train_timesteps == 1000 and dom.num_steps == STEPS and dom.kind == "sd"
 
 
 # ------------------------------------------------------------------------------------------- AIG identities
@@ -162,10 +169,10 @@ def test_aig_step_equals_switching_unets_mid_sampling(trained):
         aig_img = run(pipe)
     assert dict(w.calls) == {"base": STEPS // 2, "tuned": STEPS // 2}
 
-    def switch(p, i, t, kwargs):  # after step i, choose the model for step i + 1 (base while s > c)
-        ts = p.scheduler.timesteps
-        if i + 1 < len(ts):
-            (p.unet.disable_lora if float(ts[i + 1]) / 1000 > c else p.unet.enable_lora)()
+    def switch(p, i, t, kwargs):  # after step i, choose the model for step i + 1 (base while s = 1 - i/N > c)
+        n = len(p.scheduler.timesteps)
+        if i + 1 < n:
+            (p.unet.disable_lora if 1 - (i + 1) / n > c else p.unet.enable_lora)()
         return kwargs
 
     pipe.unet.disable_lora()  # the first step (s ~ 1) is the base model's
@@ -183,17 +190,21 @@ def test_aig_power_mixes_both_branches_and_composes_with_cfg(trained):
     w = sd.aig_unet(dom.pipe, "power:2")
     with sd.using_unet(dom.pipe, w):
         img = run(dom.pipe)
-    assert dict(w.calls) == {"base": STEPS, "tuned": STEPS}
+    # step-indexed: gamma_0 = 1 exactly, so the first step is the base model's alone (NeMo-Aligner's (i/N)^p)
+    assert dict(w.calls) == {"base": STEPS, "tuned": STEPS - 1}
     assert np.abs(img - plain).max() > 0 and np.abs(img - tuned).max() > 0
     unet = dom.pipe.unet
     x, c = dom.noise([0]), dom.encode(PROMPTS[:1])
-    t = torch.tensor(600)
+    dom.pipe.scheduler.set_timesteps(STEPS)
+    t = dom.pipe.scheduler.timesteps[1]  # step i = 1 of 4: gamma = 1 - (1/4)^2
     guided = dom.denoiser(w)(x, t, c)  # CFG over the mixed UNet
     base_den, tuned_den = dom.denoiser(unet), dom.denoiser(unet)
     with adapter_disabled(unet):
         eb = base_den(x, t, c)
-    mixed = AIG(lambda *a: eb, tuned_den, "power:2")(x, t, c)  # mix of the two guided predictions
+    clock = StepClock(dom.pipe.scheduler.timesteps)
+    mixed = AIG(lambda *a: eb, tuned_den, "power:2", clock)(x, t, c)  # mix of the two guided predictions
     torch.testing.assert_close(guided, mixed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed, (15 / 16) * eb + (1 / 16) * tuned_den(x, t, c), atol=1e-5, rtol=1e-5)
 
 
 def test_aig_unet_forwards_pipeline_attributes(trained):
@@ -204,7 +215,8 @@ def test_aig_unet_forwards_pipeline_attributes(trained):
     if dom.config.kind == "sdxl":
         assert w.add_embedding is unet.add_embedding
     assert w.gamma.spec == "power:2"
-    out = w(dom.noise([0]), 500, encoder_hidden_states=dom._unpack(dom.encode(PROMPTS[:1]))["encoder_hidden_states"],
+    dom.pipe.scheduler.set_timesteps(STEPS)
+    out = w(dom.noise([0]), dom.pipe.scheduler.timesteps[2], encoder_hidden_states=dom._unpack(dom.encode(PROMPTS[:1]))["encoder_hidden_states"],
             added_cond_kwargs=dom._unpack(dom.encode(PROMPTS[:1])).get("added_cond_kwargs"))
     assert out.sample.shape == (1, 4, 32, 32)
 
@@ -227,9 +239,9 @@ def test_lora_scale_zero_is_base_and_one_is_tuned(cache):
     plain = run(dom.pipe)
     perturb_lora(dom.add_adapter(dom.base_model(), rank=4, seed=0))
     tuned = run(dom.pipe)
-    with sd.method_context(dom.pipe, "lora_scale", "alpha=0"):
+    with lora_scale(dom.pipe.unet, 0.0):
         assert np.array_equal(run(dom.pipe), plain)
-    with sd.method_context(dom.pipe, "lora_scale", "1"):
+    with lora_scale(dom.pipe.unet, 1.0):
         assert np.array_equal(run(dom.pipe), tuned)
     with lora_scale(dom.pipe.unet, 0.5):
         half = run(dom.pipe)
@@ -237,16 +249,58 @@ def test_lora_scale_zero_is_base_and_one_is_tuned(cache):
     assert np.array_equal(run(dom.pipe), tuned)  # scale restored
 
 
-def test_combined_gamma_runs_the_tuned_model_for_the_last_k_steps(trained):
+def test_step_k_over_n_runs_the_tuned_model_for_the_last_k_steps(trained):
     dom, _, _ = trained
     for k in range(STEPS + 1):
-        spec = sd.combined_gamma(dom.pipe.scheduler, STEPS, k)
-        w = sd.aig_unet(dom.pipe, spec)
+        w = sd.aig_unet(dom.pipe, f"step:{k / STEPS}")
         with sd.using_unet(dom.pipe, w), torch.no_grad():
             dom.pipe(prompt=PROMPTS[:1], latents=sd.latents_for(dom.pipe, [0], 64, 64), num_inference_steps=STEPS,
                      output_type="latent")
-        assert w.calls["tuned"] == k and w.calls["base"] == STEPS - k, spec
-    assert sd.method_gamma("combined", "0.4") == "step:0.4" == sd.method_gamma("combined", "step:0.4")
+        assert w.calls["tuned"] == k and w.calls["base"] == STEPS - k, k
+
+
+def _switching_sample(dom, unet, x_T, cond, base_steps, base_scale, tuned_scale):
+    """The reference of per-branch guidance: the guided base model for the first steps, then the tuned one."""
+    base_den = dom.denoiser(dom.base_model(), base_scale)
+    tuned_den = dom.denoiser(unet, tuned_scale)
+    order = [float(t) for t in sampling_timesteps(dom.scheduler, STEPS)]
+
+    def switch(x, t, c):
+        return (base_den if order.index(float(t)) < base_steps else tuned_den)(x, t, c)
+    with torch.no_grad():
+        return sample(switch, dom.scheduler, x_T, cond, STEPS)
+
+
+def test_per_branch_guidance_combined_equals_switching_guided_base_to_unguided_tuned(trained):
+    """ImageReFL's combined generation: base guided at the model's scale, fine-tuned model unguided (scale 1)."""
+    dom, _, _ = trained
+    w_base = dom.guidance_scale
+    m = Method("combined", 0.5, scales=(w_base, 1.0))
+    assert m.setting == f"step:0.5 cfg={w_base:g}/1" and Method.parse("combined", m.setting) == m
+    x_T, cond = dom.noise(SEEDS), dom.encode(PROMPTS)
+    with method_denoiser(dom, m, dom.pipe.unet) as den, torch.no_grad():
+        ours = sample(den, dom.scheduler, x_T, cond, STEPS)
+    ref = _switching_sample(dom, dom.pipe.unet, x_T, cond, STEPS // 2, w_base, 1.0)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
+    # differs from the single-scale combined method (the tuned branch guided too)
+    with method_denoiser(dom, Method("combined", 0.5), dom.pipe.unet) as den, torch.no_grad():
+        assert (sample(den, dom.scheduler, x_T, cond, STEPS) - ours).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("spec", ["step:0.5", "power:2"])
+def test_stock_pipeline_with_per_branch_aig_unet_equals_the_workbook_sampler(trained, spec):
+    """aig_unet(scales=...) inside the stock diffusers pipeline gives the workbook's images (decode included)."""
+    dom, _, _ = trained
+    scales = (dom.guidance_scale, 1.0)
+    m = Method("aig", spec, scales=scales)
+    with method_denoiser(dom, m, dom.pipe.unet) as den, torch.no_grad():
+        ours = dom.decode(sample(den, dom.scheduler, dom.noise(SEEDS), dom.encode(PROMPTS), STEPS))
+    w = sd.aig_unet(dom.pipe, spec, scales=scales)
+    with sd.using_unet(dom.pipe, w):
+        stock = run(dom.pipe)  # the pipeline's own guidance step is neutral under per-branch scales
+    np.testing.assert_allclose(stock, ours.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    if spec == "step:0.5":
+        assert dict(w.calls) == {"base": STEPS // 2, "tuned": STEPS // 2}
 
 
 # ---------------------------------------------------------------------------------------------- the domain
@@ -332,8 +386,6 @@ def test_saved_adapter_loads_with_load_lora_weights_and_reproduces_images(traine
 
 def test_loaded_adapters_coexist_as_views_of_one_unet(cache, tmp_path):
     """The sweep holds the DRaFT model and KL models at once (lib.stages): each load_adapter is its own model."""
-    from lib.methods import Method, method_denoiser
-
     dom = make_domain("sd", cache)
     x_T, c = dom.noise(SEEDS), dom.encode(PROMPTS)
 
@@ -362,8 +414,9 @@ def test_loaded_adapters_coexist_as_views_of_one_unet(cache, tmp_path):
     torch.testing.assert_close(draw(dom2, b), refs["b"], atol=1e-5, rtol=1e-5)  # b's scale untouched
     with adapter_disabled(b):
         torch.testing.assert_close(draw(dom2, b), base0, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(draw(dom2, sd.aig_unet(b, "tuned")), refs["b"], atol=1e-5, rtol=1e-5)
-    with method_denoiser(dom2, Method("lora_scale", "alpha=0"), a) as den, torch.no_grad():
+    torch.testing.assert_close(draw(dom2, sd.aig_unet(dom2.pipe, "tuned", unet=b)), refs["b"], atol=1e-5,
+                               rtol=1e-5)
+    with method_denoiser(dom2, Method("lora_scale", 0.0), a) as den, torch.no_grad():
         torch.testing.assert_close(sample(den, dom2.scheduler, x_T, c, STEPS), base0, atol=1e-5, rtol=1e-5)
     with method_denoiser(dom2, Method("base"), b) as den, torch.no_grad():
         torch.testing.assert_close(sample(den, dom2.scheduler, x_T, c, STEPS), base0, atol=1e-5, rtol=1e-5)
@@ -383,68 +436,15 @@ def test_add_adapter_is_seeded_and_replaces_the_previous_one(cache):
     assert list(dom.pipe.unet.peft_config) == ["draft"]
 
 
-# ----------------------------------------------------------------------------------------------- generation
-def test_generate_writes_resumable_shards_and_index(trained, tmp_path):
-    dom, plain, tuned = trained
-    pipe = dom.pipe
-    gs = dom.config.guidance_scale
-    kw = dict(prompt_set="tiny", batch_size=3, num_steps=STEPS, guidance_scale=gs)
-    idx_base = sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="base", **kw)
-    idx_aig = sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="aig", setting="power:2", **kw)
-    assert idx_base.is_file() and idx_aig.is_file()
-    df = sd.read_index(tmp_path)
-    assert list(df.columns) == list(sd.INDEX_COLUMNS) and len(df) == 8
-    assert set(df["method"]) == {"base", "aig"} and set(df["setting"]) == {"-", "power:2"}
-    base = df[df.method == "base"]
-    assert list(zip(base.prompt_index, base.seed)) == [(0, 3), (0, 7), (1, 3), (1, 7)]
-    imgs = sd.load_images(tmp_path, base)
-    assert imgs.dtype == np.uint8 and imgs.shape == (4, 64, 64, 3)
-    # sample i of prompt j equals a standalone generation from seed i (paired across methods and batches)
-    with adapter_disabled(pipe.unet):
-        ref = (run(pipe, seeds=[7], prompts=[PROMPTS[1]]) * 255).round().astype(np.uint8)
-    assert np.abs(imgs[3].astype(int) - ref[0].astype(int)).max() <= 1
-    shards = sorted(tmp_path.glob("aig/power_2/*.npz"))
-    assert len(shards) == 2
-    stamps = {p: p.stat().st_mtime_ns for p in shards}
-    counter = {"n": 0}
-    h = pipe.unet.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
-    try:
-        sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="aig", setting="power:2", **kw)
-        assert counter["n"] == 0 and all(p.stat().st_mtime_ns == s for p, s in stamps.items())  # all skipped
-        old = np.load(shards[1])["images"]
-        shards[1].unlink()
-        sd.generate(pipe, PROMPTS, SEEDS, tmp_path, method="aig", setting="power:2", **kw)
-        assert counter["n"] == 2 * STEPS  # only the missing shard, both branches at each step
-        assert np.array_equal(np.load(shards[1])["images"], old)
-        assert shards[0].stat().st_mtime_ns == stamps[shards[0]]
-    finally:
-        h.remove()
-    assert not list(tmp_path.rglob("*.part"))
-
-
-def test_generate_split_across_ranks(trained, tmp_path):
-    dom, _, _ = trained
-    kw = dict(prompt_set="tiny", batch_size=1, num_steps=2, guidance_scale=dom.config.guidance_scale)
-    i0 = sd.generate(dom.pipe, PROMPTS[:1], SEEDS, tmp_path, method="draft", rank=0, world_size=2, **kw)
-    assert not i0.exists()  # rank 1's shard is missing: no index yet
-    i1 = sd.generate(dom.pipe, PROMPTS[:1], SEEDS, tmp_path, method="draft", rank=1, world_size=2, **kw)
-    assert i1 == i0 and i1.is_file() and len(sd.read_index(tmp_path)) == 2
-
-
-def test_method_context_errors_and_restores(cache):
+# ------------------------------------------------------------------------------------------------- errors
+def test_aig_unet_needs_an_adapter_or_a_base_unet_and_restores_the_pipeline(cache):
     dom = make_domain("sd", cache)
-    with pytest.raises(ValueError, match="adapter"):
-        with sd.method_context(dom.pipe, "draft"):
-            pass
-    with pytest.raises(ValueError, match="method"):
-        with sd.method_context(dom.pipe, "dpo"):
-            pass
     with pytest.raises(ValueError, match="adapter"):
         sd.aig_unet(dom.pipe, "power:2")
     dom.add_adapter(dom.base_model(), 4, 0)
-    with sd.method_context(dom.pipe, "combined", "0.3") as p:
+    with sd.using_unet(dom.pipe, sd.aig_unet(dom.pipe, "step:0.3")) as p:
         assert isinstance(p.unet, sd.AIGUNet) and p.unet.gamma.spec == "step:0.3"
-    assert p.unet is sd._plain_unet(dom.base_model()) and not isinstance(p.unet, sd.UNetView)
+    assert p.unet is sd.plain_unet(dom.base_model()) and not isinstance(p.unet, sd.UNetView)
 
 
 def test_sdconfig_validates_and_has_paper_presets():
@@ -457,3 +457,13 @@ def test_sdconfig_validates_and_has_paper_presets():
     v14 = sd.SDConfig.paper("sd")
     assert (v14.num_steps, v14.guidance_scale, v14.resolution) == (25, 7.5, 512)
     assert sd.SDConfig() == v14
+    assert v14.dino == "dino" and v14.clip == "clip"
+
+
+def test_clip_scores_and_dino_embeddings_of_the_tiny_domain(cache):
+    dom = make_domain("sd", cache)
+    imgs = torch.rand(3, 3, 64, 64)
+    s = dom.clip_scores(imgs, PROMPTS[:1] * 3)
+    assert s.shape == (3,) and np.all(np.abs(s) <= 100)
+    assert dom.embeddings(imgs).shape[0] == 3
+    assert {"dino", "clip", "features"} <= dom.capabilities(dom.config)

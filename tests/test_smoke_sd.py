@@ -17,6 +17,11 @@ def test_smoke_sd_runs_notebooks_01_to_04(tmp_path):
     base = cov[(cov.method == "base")].set_index("metric").value
     assert base["fid"] < 1e-6 and base["recall"] == 1.0  # the reference set against itself
     assert (cov[cov.metric == "reward"].n == cfg.sweep.samples_per_prompt * len(TINY_PROMPTS)).all()
+    # CLIP score and DinoDiversity reach metrics.csv for every method, with n and a 95 % interval
+    for metric, n in (("clip", cfg.sweep.samples_per_prompt * len(TINY_PROMPTS)), ("dino_diversity", len(TINY_PROMPTS))):
+        rows = cov[cov.metric == metric]
+        assert len(rows) == len(sweep_methods(cfg.sweep)) and (rows.n == n).all() and rows.ci95.notna().all()
+    assert ("combined", "step:0.5 cfg=7.5/1") in got  # ImageReFL's per-branch guidance from sweep.guidance
     for name in ("training_curves", "pareto_reward_diversity", "reward_kl", "samples"):
         assert (root / "figures" / f"{name}.png").stat().st_size > 1000
     # the adapter is in the diffusers LoRA format: a pipeline loads it

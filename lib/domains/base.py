@@ -88,5 +88,8 @@ class Domain(Protocol):
     def sample_grid(self, samples: dict[str, tuple[np.ndarray, np.ndarray]]):
         """Fig. 2 style figure of stored samples: {row label: (samples (N, ...), prompt indices (N,))}."""
 
+    def trajectory_figure(self, paths: dict[str, np.ndarray], prompt: int):
+        """Fig. 1 style figure of sampling chains from the same noise: {label: x_t (steps + 1, B, ...)}."""
+
     def draw_samples(self, ax, stored: np.ndarray, prompt_index: np.ndarray, color: Any = None) -> None:
         """Draw stored samples of one prompt into one matplotlib axis (the explorer's preview panels)."""

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lib.domains.base import Domain
-from lib.domains.sd.domain import SDConfig, SDDomain
+from lib.domains.sd.config import SDConfig
+from lib.domains.sd.domain import SDDomain
 from lib.domains.toy import ToyConfig, ToyDomain
 from lib.errors import ConfigError
 

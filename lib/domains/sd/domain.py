@@ -1,8 +1,8 @@
 """The Stable Diffusion domain: SD v1.x and SDXL through diffusers pipelines (`lib.domains.base.Domain`).
 
 x is the UNet latent (B, 4, h, w) and cond the text embeddings; rewards (PickScore, HPSv2, ...), feature
-extractors (Inception, DINO, CLIP) and prompt sets load by name, each with a local-path override. `SDConfig`
-holds the domain's params section `sd:`; the paper presets live in params/presets/ (sd14.yaml, sdxl.yaml).
+extractors (Inception, DINO, CLIP) and prompt sets load by name, each with a local-path override. Its settings
+are `lib.domains.sd.config.SDConfig` (the params section `sd:`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -20,71 +19,17 @@ import numpy as np
 import torch
 
 from lib.distributed import device_for
+from lib.domains.sd.config import SDConfig
 from lib.domains.sd.features import extract, load_extractor
-from lib.domains.sd.pipelines import (DEFAULT_MODELS, DTYPES, KINDS, PAPER_SAMPLING, check_kind, latents_for,
-                                      load_pipeline, pipeline_class, tiny_pipeline)
+from lib.domains.sd.pipelines import DTYPES, latents_for, load_pipeline, pipeline_class, tiny_pipeline
 from lib.domains.sd.prompts import prompt_set
-from lib.domains.sd.rewards import REWARDS, load_clip_score, load_reward
+from lib.domains.sd.rewards import load_clip_score, load_reward
 from lib.domains.sd.unet import ADAPTER, AdapterUNet, BaseUNet, has_adapter, plain_unet
 from lib.drawing import image_grid, mosaic
-from lib.errors import check
 from lib.files import sha256_file
 from lib.guidance import Denoiser, classifier_free
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")  # attention and feed-forward layers
-
-
-@dataclass(frozen=True)
-class SDConfig:
-    """Stable Diffusion domain settings (literal values; defaults follow the AIG paper for SD1.4 + PickScore)."""
-
-    model: str = DEFAULT_MODELS["sd"]  # hub id, local diffusers directory, or "tiny" (offline tiny pipeline)
-    kind: str = "sd"  # "sd" (SD v1.x) or "sdxl"
-    dtype: str = "float32"  # weights; training adds bf16 autocast on CUDA (AIG paper A.7.1)
-    num_steps: int = 25
-    guidance_scale: float = 7.5
-    resolution: int = 512
-    reward: str = "pickscore"  # see lib.domains.sd.rewards.REWARDS
-    reward_path: Optional[str] = None  # local override of the reward weights
-    lora_alpha: Optional[float] = None  # None = the rank (LoRA scale 1); the rank is train.lora_rank
-    train_prompts: str = "pickapic"
-    eval_prompts: tuple[str, ...] = ("partiprompts", "hpdv2:anime", "hpdv2:concept-art", "hpdv2:paintings",
-                                     "hpdv2:photo")
-    coverage_prompts: str = "coverage:40"
-    features: tuple[str, ...] = ("inception",)  # extractor of FID / precision / recall / SCD / LSCD features
-    dino: str = "dino"  # extractor of DinoDiversity's embeddings
-    clip: str = "clip"  # CLIP model of the CLIP score (transformers CLIPModel; "tiny-clip" offline)
-    cache_dir: Optional[str] = None
-    prompt_paths: Mapping[str, str] = field(default_factory=dict)  # prompt-set name -> local file override
-    feature_paths: Mapping[str, str] = field(default_factory=dict)  # extractor name -> local weights override
-    gradient_checkpointing: bool = False
-    autocast: bool = True  # bf16 autocast, only ever on CUDA
-    seed: int = 0  # initialisation seed of the tiny pipeline
-
-    def __post_init__(self):
-        check("sd.kind", self.kind, self.kind in KINDS, " or ".join(KINDS))
-        check("sd.dtype", self.dtype, self.dtype in DTYPES, ", ".join(DTYPES))
-        check("sd.num_steps", self.num_steps, self.num_steps >= 1, "an integer >= 1")
-        check("sd.guidance_scale", self.guidance_scale, self.guidance_scale >= 1, "a number >= 1 (1 = no guidance)")
-        check("sd.resolution", self.resolution, self.resolution >= 8 and self.resolution % 8 == 0, "a multiple of 8")
-        check("sd.reward", self.reward, self.reward in REWARDS, ", ".join(REWARDS))
-        check("sd.eval_prompts", self.eval_prompts, len(self.eval_prompts) >= 1, "at least one prompt set")
-        check("sd.features", self.features, len(self.features) >= 1, "at least one feature extractor")
-
-    @classmethod
-    def paper(cls, kind: str = "sd", **overrides) -> "SDConfig":
-        """The paper's settings for SD1.4 or SDXL (model, steps, CFG, resolution), with overrides."""
-        return cls(**{"model": DEFAULT_MODELS[check_kind(kind)], "kind": kind, **PAPER_SAMPLING[kind],
-                      **overrides})
-
-    @classmethod
-    def tiny(cls, kind: str = "sd", **overrides) -> "SDConfig":
-        """Offline tiny pipeline settings for tests and smoke runs."""
-        base = dict(model="tiny", kind=kind, num_steps=4,
-                    guidance_scale=PAPER_SAMPLING[check_kind(kind)]["guidance_scale"], resolution=64,
-                    reward="tiny-pickscore", train_prompts="tiny", eval_prompts=("tiny",),
-                    coverage_prompts="tiny", features=("tiny",), dino="tiny-dino", clip="tiny-clip")
-        return cls(**{**base, **overrides})
 
 
 class SDDomain:
@@ -382,6 +327,19 @@ class SDDomain:
             picks = [i for j in range(prompts_shown) for i in np.flatnonzero(p == j)[:per_prompt]]
             rows[name] = np.asarray(x)[picks]
         return image_grid(rows)
+
+    def trajectory_figure(self, paths: dict[str, np.ndarray], prompt: int, columns: int = 6):
+        """Fig. 1 style for images: the decoded x_t of the first seed along each method's chain (rows), from the
+        same noise; paths[name] is (steps + 1, B, 4, h, w)."""
+        rows = {}
+        for name, xs in paths.items():
+            picks = np.unique(np.linspace(0, len(xs) - 1, columns).round().astype(int))
+            with torch.no_grad():
+                img = self.decode(torch.as_tensor(xs[picks, 0]).to(self.device))
+            rows[name] = self.to_storage(img)
+        fig = image_grid(rows)
+        fig.suptitle(f"x_t along the chain from the same noise ({self.prompts('coverage')[prompt]!r}; left: x_T)")
+        return fig
 
     def draw_samples(self, ax, stored: np.ndarray, prompt_index: np.ndarray, color=None) -> None:
         """The images of one prompt as a mosaic in one axis (the explorer's preview panels)."""
