@@ -1,22 +1,23 @@
 """A tiny finished toy run for the gamma-explorer tests (test_widgets.py, test_browser.py).
 
 `toy_run(root)` writes, under root, a params file and the artefacts notebook 05 needs, in the layout of lib.runs:
-run/models/base.safetensors (notebook 01), run/train/draft/adapter.safetensors (01) and run/metrics.csv (03, a few
-real rows). It is built once per pytest session (the folder is reused when it is complete).
+run/models/base.safetensors (the domain's `prepare`, notebook 01), run/train/draft/adapter.safetensors (01) and
+run/metrics.csv (03, a few real rows). It is built once per pytest session (the folder is reused when it is complete).
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from lib.config import from_dict
 from lib.evaluate import method_rows
-from lib.methods import Method, method_denoiser
-from lib.runs import RunPaths
 from lib.generate import generate, paired_seeds
+from lib.methods import Method, method_denoiser
+from lib.runs import RunPaths, make_domain
 from lib.train import train
 
 PARAMS = {
@@ -51,18 +52,16 @@ def toy_run(root: Path) -> ToyRun:
     root.mkdir(parents=True, exist_ok=True)
     run.params.write_text("# a tiny toy run for the explorer tests\n" + yaml.safe_dump(PARAMS, sort_keys=False))
     cfg = from_dict(PARAMS)
-    from lib.domains.toy import ToyDomain
-
-    domain = ToyDomain(cfg.toy, base_path=paths.base_model)
-    domain.pretrain(paths.base_model, progress=False)
+    domain = make_domain(cfg, paths)  # the toy domain wired to the run folder
+    domain.prepare(progress=False)  # pre-trains run/models/base.safetensors
     train(domain, cfg.train, paths.train(0.0), progress=False)
     tuned = domain.load_adapter(paths.train(0.0) / "adapter.safetensors")
     prompts = domain.prompts("coverage")
     pairs = paired_seeds(len(prompts), cfg.sweep.samples_per_prompt, cfg.sweep.seed_offset)
-    groups = [j for j, _ in pairs]
+    groups = np.array([j for j, _ in pairs])
     rows, ref = [], None
     for m in (Method("base"), Method("draft"), Method("aig", "power:1"), Method("aig", "power:2"),
-              Method("lora_scale", "alpha=0.5")):
+              Method("lora_scale", 0.5)):
         with method_denoiser(domain, m, tuned) as den:
             x = generate(domain, den, prompts, pairs, cfg.sweep.batch_size)  # stored form (N, 2)
         if ref is None:

@@ -23,7 +23,7 @@ import pytest
 
 from explorer_run import toy_run
 from lib.schedules import parse
-from lib.widgets import ExplorerState, GammaExplorer, torch_threads
+from lib.explorer import ExplorerState, GammaExplorer, torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "05_gamma_explorer.ipynb"
@@ -115,9 +115,9 @@ def test_explorer_in_a_real_browser(tmp_path, tmp_path_factory):
             run = toy_run(tmp_path_factory.getbasetemp() / "explorer_run")
         export = tmp_path / "export.yaml"
         shutil.copy(run.params, export)
-        notebook_copy(lab_root, dict(params_file=str(run.params), run_dir=str(run.run_dir), backend="toy",
-                                     preview_samples=16, initial_spec="power:2", diversity="fid", sd_prompt="",
-                                     sd_seeds=[0], export_to=str(export)))
+        notebook_copy(lab_root, dict(params_file=str(run.params), run_dir=str(run.run_dir), preview_samples=16,
+                                     initial_spec="power:2", diversity="fid", prompt="", seeds=[0],
+                                     export_to=str(export)))
     fx, fy = curve_fraction(0.62, 0.3)
 
     port = free_port()
