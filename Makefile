@@ -9,7 +9,7 @@ PARAMS ?= params/toy.yaml
 # machine two threads per process made training ~10x slower (measured). GPU runs do not depend on it.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install reproduce test unit nbval browser-deps bench clean-smoke
+.PHONY: install reproduce test unit nbval browser-deps bench clean-smoke study
 
 # Create .venv when missing and install the pinned dependencies (requirements.txt is the one place they are pinned).
 $(STAMP): requirements.txt pyproject.toml
@@ -43,3 +43,11 @@ test: install browser-deps
 
 bench: install
 	$(PY) -m lib.bench
+
+# The user study of the AIG paper (A.4): serve a run's stored samples to participants; votes in <run>/study/votes.sqlite
+#   make study RUN=results/sd14_pickscore PAIRS=aig:power:2,draft HOST=0.0.0.0
+RUN ?= results/smoke_sd
+PAIRS ?= aig:power:2,draft
+HOST ?= 127.0.0.1
+study: install
+	$(PY) -m lib.study serve $(RUN) --pairs $(PAIRS) --host $(HOST)
