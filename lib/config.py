@@ -4,10 +4,17 @@ A params file holds literal values; `extends: <file>` (relative to the params fi
 overrides it key by key, so the paper's presets (params/presets/) are written once. Sections: the run's own keys
 (run, domain, device), the domain's section (its name from `lib.domains.registry`, e.g. `toy:` or `sd:`),
 `train:` (lib.train.TrainConfig), `sweep:` (lib.methods.SweepConfig), `metrics:` (lib.evaluate.MetricsConfig).
+
+Every refusal is one line naming the key, the value and the rule (or the file): a file that is empty, has no `run`,
+repeats a key, or is not a readable YAML mapping; an unknown key; a value out of range or not finite; a run or
+prompt-set name that is not a plain folder name; settings that cannot work together (metrics.k against the number of
+coverage samples); and, with `machine=True`, a device this machine does not have or a setting whose memory need
+(`lib.limits`) exceeds what it has.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +24,9 @@ from typing import Any
 import yaml
 
 from lib.domains.registry import DOMAINS, entry
-from lib.errors import ConfigError, check
+from lib.errors import ConfigError, check, plain_name
 from lib.evaluate import MetricsConfig
+from lib.limits import check_device, check_memory, coverage_size
 from lib.methods import SweepConfig
 from lib.metrics import METRICS
 from lib.train import TrainConfig
@@ -40,8 +48,9 @@ class RunConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self):
-        check("run", self.run, bool(self.run) and "/" not in self.run, "a non-empty name without '/'")
+        plain_name("run", self.run)  # results/<run>: never '..', '.', a path or a NUL byte
         entry(self.domain)
+        check("device", self.device, isinstance(self.device, str), "a device name")
 
     @property
     def section(self) -> str:
@@ -61,6 +70,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return tuple(_coerce(key, v, inner) for v in value)
     if hint is float:
         check(key, value, isinstance(value, (int, float)) and not isinstance(value, bool), "a number")
+        check(key, value, math.isfinite(value), "a finite number")
         return float(value)
     if hint is int:
         check(key, value, isinstance(value, int) and not isinstance(value, bool), "an integer")
@@ -97,8 +107,36 @@ def _check_metrics(cfg: RunConfig) -> None:
                               f"which the domain does not provide); allowed there: {', '.join(dict.fromkeys(ok))}")
 
 
-def from_dict(data: dict) -> RunConfig:
-    """RunConfig from a parsed params mapping (after `extends` is resolved)."""
+SEED_LIMIT = 2**53  # seeds stay exact in JSON and float64, and far below torch's 2**64
+
+
+def _check_run(cfg: RunConfig) -> None:
+    """Rules between sections, and values the sections' own checks let through that cannot work later."""
+    dom, sw = cfg.domain_config, cfg.sweep
+    for ps in sw.prompt_sets:
+        plain_name("sweep.prompt_sets", ps, extra=":=+")  # samples/<prompt set>/ is a folder of the run
+        dom.check_prompt_set("sweep.prompt_sets", ps)
+    check("sweep.eval_samples_per_prompt", sw.eval_samples_per_prompt, sw.eval_samples_per_prompt >= 1,
+          "an integer >= 1")
+    check("sweep.seed_offset", sw.seed_offset, 0 <= sw.seed_offset < SEED_LIMIT, "an integer in [0, 2**53)")
+    check("train.seed", cfg.train.seed, 0 <= cfg.train.seed < SEED_LIMIT, "an integer in [0, 2**53)")
+    check("metrics.kl_samples", cfg.metrics.kl_samples, cfg.metrics.kl_samples >= 1, "an integer >= 1")
+    check("metrics.diversity", list(cfg.metrics.diversity), len(cfg.metrics.diversity) >= 1,
+          "at least one diversity metric (the x axis of every Pareto front)")
+    families = {"sweep.lora_scales": sw.lora_scales, "sweep.aig": sw.aig, "sweep.combined": sw.combined,
+                "sweep.kl_lambdas": sw.kl_lambdas}
+    check(", ".join(families), "[]", any(families.values()),
+          "at least one setting between base and DRaFT (a sweep of base and DRaFT alone has no trade-off to show)")
+    n = coverage_size(cfg)
+    if n is not None and {"precision", "recall"} & set(cfg.metrics.diversity):
+        check("metrics.k", cfg.metrics.k, cfg.metrics.k < n,
+              f"an integer below the number of coverage samples, {n} (precision and recall take the k-th nearest "
+              f"neighbour among them; sweep.samples_per_prompt = {sw.samples_per_prompt})")
+
+
+def from_dict(data: dict, machine: bool = False) -> RunConfig:
+    """RunConfig from a parsed params mapping (after `extends` is resolved); `machine` also checks the device and
+    the memory the settings need on this machine (lib.limits)."""
     if not isinstance(data, dict):
         raise ConfigError(f"params = {data!r} is not allowed: expected a mapping")
     domain = data.get("domain", "toy")
@@ -111,6 +149,10 @@ def from_dict(data: dict) -> RunConfig:
     nested["domain_config"] = build(dom.config, data.get(dom.section) or {}, prefix=f"{dom.section}.")
     cfg = build(RunConfig, {**top, **nested})
     _check_metrics(cfg)
+    _check_run(cfg)
+    if machine:
+        check_device(cfg.device)
+        check_memory(cfg)
     return cfg
 
 
@@ -122,17 +164,54 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated in one mapping (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}): keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _text(path: Path) -> str:
+    """The text of a params file, or a one-line ConfigError naming the file."""
+    if not str(path).isprintable():
+        raise ConfigError(f"params file {str(path)!r} is not a usable path (it holds a NUL byte or a control character)")
+    try:
+        if not path.exists():
+            raise ConfigError(f"params file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"params file {path} is a directory: expected a YAML file such as params/toy.yaml")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"params file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:  # an embedded NUL byte in the path
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"params file {str(path)!r} is not a usable path ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"params file {path} cannot be read ({e.strerror or e})") from None
+
+
 def read_params(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The params mapping of a YAML file with its `extends` chain resolved."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"params file {path} does not exist")
+    text = _text(path)
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `extends` loops back to itself ({' -> '.join(map(str, seen))})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(text, Loader=_Loader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{path} is empty: a params file holds at least `run: <name>` (the folder results/<name>/)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: params = {data!r} is not allowed: expected a mapping")
     parent = data.pop("extends", None)
@@ -142,12 +221,15 @@ def read_params(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _merge(read_params(path.parent / parent, (*seen, path.resolve())), data)
 
 
-def load(path: Path | str) -> RunConfig:
-    """Read and validate params/<file>.yaml."""
+def load(path: Path | str, machine: bool = True) -> RunConfig:
+    """Read and validate params/<file>.yaml (with `machine`, also against this machine: device and memory)."""
     path = Path(path)
     data = read_params(path)
+    if "run" not in data:
+        raise ConfigError(f"{path}: no `run:` key: every params file names its run, the folder results/<run>/ it "
+                          f"writes to (e.g. `run: {path.stem if path.stem.isidentifier() else 'my_run'}`)")
     try:
-        return from_dict(data)
+        return from_dict(data, machine=machine)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

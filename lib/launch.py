@@ -11,11 +11,13 @@ artefacts (same config hash) and only show them; `python -m lib.reproduce` conti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from lib.config import load
-from lib.distributed import process_state
-from lib.errors import ConfigError
+from lib.distributed import gather, process_state
+from lib.errors import ArtefactError, ConfigError, RunLocked, TrainingDiverged
+from lib.files import run_lock
 from lib.runs import repo_path, run_paths
 from lib.stages import stage_sample, stage_train
 
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load(repo_path(args.params))
+        paths = run_paths(cfg, args.run_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -39,11 +42,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --stages {args.stages}: unknown {', '.join(sorted(unknown))}; allowed: train, sample", file=sys.stderr)
         return 2
     state = process_state()
-    paths = run_paths(cfg, args.run_dir)
-    if "train" in stages:
-        stage_train(cfg, paths, force=args.force, progress=state.is_main_process)
-    if "sample" in stages:
-        stage_sample(cfg, paths, force=args.force, progress=state.is_main_process)
+    with contextlib.ExitStack() as stack:
+        refused = ""
+        if state.is_main_process:  # the main process holds the run folder's lock for the whole process group
+            try:
+                stack.enter_context(run_lock(paths.root))
+            except RunLocked as e:
+                refused = str(e)
+        refused = next((r for r in gather(refused, state) if r), "")
+        if refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
+        try:
+            if "train" in stages:
+                stage_train(cfg, paths, force=args.force, progress=state.is_main_process)
+            if "sample" in stages:
+                stage_sample(cfg, paths, force=args.force, progress=state.is_main_process)
+        except (ArtefactError, TrainingDiverged) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if state.is_main_process:
         print(f"{' and '.join(stages)} of {cfg.run} done on {state.num_processes} process(es)")
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from lib.config import RunConfig
 from lib.domains.base import Domain
 from lib.domains.registry import make_domain as build_domain
+from lib.errors import check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,9 +49,27 @@ class RunPaths:
         return self.root / "figures"
 
 
+RESULTS = ROOT / "results"
+
+
+def check_run_dir(root: Path, explicit: bool = False) -> Path:
+    """The run folder itself, or a ConfigError: results/<run> must resolve inside results/ (no '..', no symlink out of
+    it); an explicit folder must not be the repository, one of its parents, or a folder of it outside results/."""
+    resolved, repo, results = Path(root).resolve(), ROOT.resolve(), RESULTS.resolve()
+    if not explicit:
+        check("run", root.name, resolved.is_relative_to(results) and resolved != results,
+              f"a run folder inside {RESULTS} (results/{root.name} resolves to {resolved})")
+    elif repo.is_relative_to(resolved) or (resolved.is_relative_to(repo) and not resolved.is_relative_to(results)) \
+            or resolved == results:
+        check("run_dir", str(root), False, f"a folder inside {RESULTS} or outside the repository {ROOT} "
+                                           f"(it resolves to {resolved}, where a run would overwrite the workbook's files)")
+    return Path(root)
+
+
 def run_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> RunPaths:
-    """RunPaths for results/<cfg.run> (or an explicit folder)."""
-    return RunPaths(repo_path(run_dir) if run_dir else ROOT / "results" / cfg.run)
+    """RunPaths for results/<cfg.run> (or an explicit folder), checked by `check_run_dir`."""
+    root = check_run_dir(repo_path(run_dir), explicit=True) if run_dir else check_run_dir(RESULTS / cfg.run)
+    return RunPaths(root)
 
 
 def make_domain(cfg: RunConfig, paths: RunPaths) -> Domain:

@@ -1,9 +1,12 @@
 """The work of notebooks 01-04 as functions (the notebooks only call these and show the results).
 
-Every stage is resumable: an artefact whose config hash matches is not recomputed unless force=True.
+Every stage is resumable: an artefact whose config hash matches, and whose files match the size and sha256 recorded
+when they were written, is not recomputed unless force=True (one that no longer matches is recomputed, saying
+why). Stages that write hold the run folder's lock (`lib.files.run_lock`; a no-op under the runner, which holds it).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pandas as pd
@@ -13,15 +16,16 @@ from tqdm.auto import tqdm
 from lib.config import RunConfig
 from lib.distributed import process_state
 from lib.evaluate import evaluate, kl_rows
-from lib.files import atomic_path, sha256_file
+from lib.files import atomic_path, run_lock
 from lib.generate import generate, paired_seeds
 from lib.methods import Method, method_denoiser, sweep_methods
 from lib.metrics import METRICS
 from lib.pareto import dominance_table
 from lib.runs import RunPaths, make_domain
 from lib.samplers import sample
-from lib.store import clear_samples, is_done, mark_done, read_samples, stamp_of, write_samples
-from lib.train import TrainConfig, is_trained, train
+from lib.store import (clear_samples, mark_done, note_reused, read_samples, stamp_of, why_not_done,
+                       write_samples)
+from lib.train import TrainConfig, adapter_sha256, is_trained, train, trained_adapter
 
 
 def kl_configs(cfg: RunConfig) -> dict[Method, TrainConfig]:
@@ -40,45 +44,54 @@ def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: 
     """Notebook 01: the domain's preparation (the toy pre-trains its base), then DRaFT and every KL run; returns
     their step logs."""
     state = process_state()  # one process in a notebook; several under `accelerate launch -m lib.launch`
-    domain = make_domain(cfg, paths)
-    if state.is_main_process:
-        domain.prepare(force=force, progress=progress)
-    state.wait_for_everyone()
-    logs = {}
-    for m, tcfg in kl_configs(cfg).items():
-        if m.method == "kl" and not include_kl:
-            continue
-        out = paths.train(_lambda(m))
-        if force or not is_trained(out, tcfg, domain):
-            train(domain, tcfg, out, progress=progress)
-        logs["DRaFT" if m.method == "draft" else f"KL λ={m.value:g}"] = pd.read_csv(out / "log.csv")
+    with _locked(paths, state):
+        domain = make_domain(cfg, paths)
+        if state.is_main_process:
+            domain.prepare(force=force, progress=progress)
+        state.wait_for_everyone()
+        logs = {}
+        for m, tcfg in kl_configs(cfg).items():
+            if m.method == "kl" and not include_kl:
+                continue
+            out = paths.train(_lambda(m))
+            if force or not is_trained(out, tcfg, domain):
+                train(domain, tcfg, out, progress=progress, run=cfg.run)
+            logs["DRaFT" if m.method == "draft" else f"KL λ={m.value:g}"] = pd.read_csv(out / "log.csv")
     return logs
+
+
+def _locked(paths: RunPaths, state):
+    """The run folder's lock, taken by the main process (the other processes of a launch run under it)."""
+    return run_lock(paths.root) if state.is_main_process else contextlib.nullcontext()
 
 
 def load_models(cfg: RunConfig, paths: RunPaths, domain) -> tuple[torch.nn.Module, dict[float, torch.nn.Module]]:
     """The DRaFT model and the KL models (by lambda) of a trained run."""
-    tuned = domain.load_adapter(paths.train(0.0) / "adapter.safetensors")
-    kl = {float(m.value): domain.load_adapter(paths.train(_lambda(m)) / "adapter.safetensors")
+    tuned = domain.load_adapter(trained_adapter(paths.train(0.0)))
+    kl = {float(m.value): domain.load_adapter(trained_adapter(paths.train(_lambda(m))))
           for m in kl_configs(cfg) if m.method == "kl"}
     return tuned, kl
 
 
-def _model_stamp(paths: RunPaths, m: Method) -> list:
-    """What a method's samples depend on beyond the sweep and the base model: the adapters' sha256."""
-    files = [paths.train(0.0) / "adapter.safetensors"]
-    if m.method == "kl":
-        files.append(paths.train(_lambda(m)) / "adapter.safetensors")
-    return [(f.name, sha256_file(f)) for f in files if f.exists()]
+def _model_stamp(shas: dict[float, str], m: Method) -> list:
+    """What a method's samples depend on beyond the sweep and the base model: the adapters' sha256 (by lambda)."""
+    return [("adapter.safetensors", shas[lam]) for lam in ([0.0] + ([_lambda(m)] if m.method == "kl" else []))]
 
 
 def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> pd.DataFrame:
     """Notebook 02: every method x setting on every prompt set with paired seeds; returns a summary table.
     Under several processes each takes every N-th (prompt, seed) pair."""
     state = process_state()
+    with _locked(paths, state):
+        return _sample(cfg, paths, state, force, progress)
+
+
+def _sample(cfg: RunConfig, paths: RunPaths, state, force: bool, progress: bool) -> pd.DataFrame:
     domain = make_domain(cfg, paths)
     tuned, kl = load_models(cfg, paths, domain)
     methods = sweep_methods(cfg.sweep)
     base = domain.stamp()
+    shas = {_lambda(m): adapter_sha256(paths.train(_lambda(m))) for m in kl_configs(cfg)}
     rows = []
     for ps in cfg.sweep.prompt_sets:
         names = domain.prompts(ps)
@@ -87,9 +100,12 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
         mine = list(range(state.process_index, len(pairs), state.num_processes))
         for m in tqdm(methods, desc=f"sampling {ps}", disable=not (progress and state.is_main_process)):
             key = f"{ps}/{m.key}"
-            stamp = stamp_of(dataclasses.asdict(cfg.sweep), base, m.label, _model_stamp(paths, m))
+            stamp = stamp_of(dataclasses.asdict(cfg.sweep), base, m.label, _model_stamp(shas, m))
             calls = "-"
-            if force or not is_done(paths.samples, key, stamp):
+            why = None if force else why_not_done(paths.samples, key, stamp)
+            if why and state.is_main_process:
+                print(f"{why}: sampling {m.label} on {ps} again")
+            if force or why is not None:
                 if state.is_main_process:
                     clear_samples(paths.samples, key)
                 state.wait_for_everyone()
@@ -103,13 +119,21 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
                 if state.is_main_process:
                     mark_done(paths.samples, key, stamp, len(pairs),
                               dict(method=m.method, setting=m.setting, prompt_set=ps, prompts=names))
+            elif state.is_main_process:
+                note_reused(paths.samples, key)
             rows.append(dict(prompt_set=ps, method=m.method, setting=m.setting, n=len(pairs), network_calls=str(calls)))
     state.wait_for_everyone()
     return pd.DataFrame(rows)
 
 
 def stage_metrics(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
-    """Notebook 03: metrics.csv (rewards, alignment, diversity against base, chain KL of the fine-tuned models)."""
+    """Notebook 03: metrics.csv (rewards, alignment, diversity against base, chain KL of the fine-tuned models).
+    Stored samples are checked against their records and refused when not finite (lib.store.read_samples)."""
+    with run_lock(paths.root):
+        return _metrics(cfg, paths, progress)
+
+
+def _metrics(cfg: RunConfig, paths: RunPaths, progress: bool) -> pd.DataFrame:
     domain = make_domain(cfg, paths)
     df = evaluate(domain, sweep_methods(cfg.sweep), paths.samples, cfg.sweep.prompt_sets, cfg.metrics.names,
                   k=cfg.metrics.k, batch=cfg.sweep.batch_size, progress=progress)
@@ -151,7 +175,7 @@ def sample_grid(cfg: RunConfig, paths: RunPaths, per_prompt: int = 200):
 def trajectories(cfg: RunConfig, paths: RunPaths, prompt: int = 0, seeds=range(12), aig_spec: str = "power:2"):
     """Fig. 1 data: x_t along the sampling chain of base, DRaFT and AIG from the same seeds: name -> (steps+1, B, ...)."""
     domain = make_domain(cfg, paths)
-    tuned = domain.load_adapter(paths.train(0.0) / "adapter.safetensors")
+    tuned = domain.load_adapter(trained_adapter(paths.train(0.0)))
     cond = domain.encode([domain.prompts("coverage")[prompt]] * len(seeds))
     out = {}
     for m in (Method("base"), Method("draft"), Method("aig", aig_spec)):

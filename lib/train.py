@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +24,8 @@ from tqdm.auto import tqdm
 
 from lib.distributed import digest, gather, mean_across, process_state
 from lib.domains.base import Domain
-from lib.errors import check
-from lib.files import atomic_path, config_hash
+from lib.errors import ArtefactError, TrainingDiverged, check
+from lib.files import atomic_path, config_hash, file_record, mismatch, note_artefact, read_json
 from lib.guidance import Denoiser
 from lib.lora import adapter_disabled, lora_parameters
 from lib.samplers import predict_x0, renoise, sample
@@ -55,12 +57,13 @@ class TrainConfig:
         for key in ("K", "lv_n", "refl_m", "steps", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
             v = getattr(self, key)
             check(f"train.{key}", v, isinstance(v, int) and v >= 1, "an integer >= 1")
-        check("train.kl_lambda", self.kl_lambda, self.kl_lambda >= 0, ">= 0")
+        check("train.kl_lambda", self.kl_lambda, self.kl_lambda >= 0 and math.isfinite(self.kl_lambda),
+              "a finite number >= 0")
         check("train.lr", self.lr, 0 < self.lr < 1, "in (0, 1)")
         for key in ("beta1", "beta2"):
             check(f"train.{key}", getattr(self, key), 0 <= getattr(self, key) < 1, "in [0, 1)")
         check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
-        check("train.grad_clip", self.grad_clip, self.grad_clip > 0, "> 0")
+        check("train.grad_clip", self.grad_clip, self.grad_clip > 0 and math.isfinite(self.grad_clip), "a finite number > 0")
 
 
 class KLProbe:
@@ -120,11 +123,17 @@ def draft_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts
     return {"loss": loss, "reward": reward.mean().detach(), "kl": torch.as_tensor(kl).mean().detach()}
 
 
-def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True) -> tuple[torch.nn.Module, pd.DataFrame]:
-    """Fine-tune a LoRA adapter; writes adapter.safetensors, log.csv and train.json to out_dir; every
-    checkpoint_every steps it writes checkpoint.pt (LoRA, optimiser, generators: what resuming needs) and
+def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True,
+          run: Optional[str] = None) -> tuple[torch.nn.Module, pd.DataFrame]:
+    """Fine-tune a LoRA adapter; writes adapter.safetensors, log.csv and train.json (with the size and sha256 of
+    both) to out_dir; every checkpoint_every steps it writes checkpoint.pt (LoRA, optimiser, generator states and the
+    log: tensors and plain values that torch.load(weights_only=True) reads) and
     checkpoints/adapter-stepNNNNNN.safetensors (the adapter in the domain's format; for SD the diffusers LoRA format
     that `pipe.load_lora_weights` reads). A run with the same config resumes from checkpoint.pt.
+
+    A non-finite loss, reward, KL or gradient norm stops training before the update with TrainingDiverged, naming
+    the run (`run`, default: the folder two levels up, results/<run>/train/<name>), the step and the quantity;
+    nothing after the last finite checkpoint is written.
 
     Under `accelerate launch` (DDP: one process per GPU, or `--cpu`) every process draws its own prompts and noise,
     the LoRA gradients are averaged across processes before clipping (so the replicas stay identical; train.json
@@ -157,9 +166,17 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
             for p in params:
                 p.grad = mean_across(p.grad, state)
             stats = mean_across(stats.to(state.device), state).cpu()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        opt.step()
         reward, kl, loss = stats.tolist()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        for name, value in (("loss", loss), ("reward", reward), ("KL term", kl), ("gradient norm", grad_norm)):
+            if not math.isfinite(value):  # the same on every process: stats and gradients are averaged
+                bar.close()
+                raise TrainingDiverged(
+                    f"run {run or out_dir.resolve().parent.parent.name}, training {out_dir.name}: the {name} is {value} "
+                    f"at step {step + 1} of {cfg.steps}; stopped before the update, nothing after the last checkpoint "
+                    f"(step {step // cfg.checkpoint_every * cfg.checkpoint_every}) was saved. "
+                    f"Lower train.lr (now {cfg.lr:g}) or train.grad_clip (now {cfg.grad_clip:g}) and run again")
+        opt.step()
         log.append({"step": step + 1, "reward": reward, "kl": kl, "loss": loss, "grad_norm": grad_norm,
                     "seconds": time.perf_counter() - t0})
         bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.2e}")
@@ -174,43 +191,110 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
         domain.save_adapter(model, out_dir / "adapter.safetensors")
         with atomic_path(out_dir / "log.csv") as tmp:
             frame.to_csv(tmp, index=False)
-        meta = {"config": asdict(cfg), "hash": key, "processes": state.num_processes, "replica_digests": digests}
+        meta = {"config": asdict(cfg), "hash": key, "processes": state.num_processes, "replica_digests": digests,
+                "files": [file_record(out_dir / name, out_dir) for name in RESULT_FILES]}
         with atomic_path(out_dir / "train.json") as tmp:
             tmp.write_text(json.dumps(meta, indent=1))
     state.wait_for_everyone()
     return model, frame
 
 
+RESULT_FILES = ("adapter.safetensors", "log.csv")  # recorded with size and sha256 in train.json
+
+
 def _checkpoint(path: Path, key: str, model, opt, rngs: list, log, step: int) -> None:
+    """Everything resuming needs, as tensors (LoRA weights, generator states) and plain values (optimiser state,
+    log), so that torch.load(weights_only=True) reads it back: a checkpoint can never run code."""
     state = {"key": key, "step": step, "lora": {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n},
-             "opt": opt.state_dict(), "rngs": rngs, "log": log}
+             "opt": opt.state_dict(), "rngs": [torch.as_tensor(r).cpu() for r in rngs],
+             "log": [{k: float(v) for k, v in row.items()} for row in log]}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def _resume(path: Path, key: str, model, opt, rng, log, rank: int = 0) -> int:
-    """Load a checkpoint of the same config (and process count); returns the step to continue from (0 if none)."""
+    """Load a checkpoint of the same config (and process count); returns the step to continue from (0 if none).
+    The checkpoint is read with weights_only=True; one that cannot be read (truncated, or holding anything but
+    tensors and plain values) is reported, naming the file, and training starts from step 0."""
     if not path.exists():
         return 0
-    state = torch.load(path, weights_only=False)
-    if state.get("key") != key or rank >= len(state.get("rngs", [])):
+    try:
+        state = torch.load(path, weights_only=True)
+        if state.get("key") != key or rank >= len(state.get("rngs", [])):
+            return 0
+        params = dict(model.named_parameters())
+        missing = set(state["lora"]) - set(params)
+        if missing:
+            raise KeyError(f"unknown LoRA weights {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for n, v in state["lora"].items():
+                params[n].copy_(v)
+        opt.load_state_dict(state["opt"])
+        rng.set_state(state["rngs"][rank])
+        log.extend({k: (int(v) if k == "step" else v) for k, v in row.items()} for row in state["log"])
+        return int(state["step"])
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: start again, saying so
+        print(f"warning: {path}: cannot resume from this checkpoint ({type(e).__name__}: "
+              f"{str(e).splitlines()[0] if str(e) else ''}); training from step 0", file=sys.stderr)
+        log.clear()
         return 0
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, v in state["lora"].items():
-            params[n].copy_(v)
-    opt.load_state_dict(state["opt"])
-    rng.set_state(state["rngs"][rank])
-    log.extend(state["log"])
-    return int(state["step"])
+
+
+def why_not_trained(out_dir: Path, cfg: TrainConfig, domain: Domain) -> Optional[str]:
+    """None if out_dir holds a finished run of this exact config whose files match train.json; else why not ('' if
+    it was never finished with this config, a one-line reason naming the file otherwise)."""
+    meta_path = Path(out_dir) / "train.json"
+    if not meta_path.exists():
+        return ""
+    try:
+        meta = read_json(meta_path, "training record")
+    except ArtefactError as e:
+        return str(e)
+    if meta.get("hash") != _key(domain, cfg):
+        return ""
+    if "files" not in meta:
+        return f"{meta_path} predates file records"
+    for rec in meta["files"]:
+        why = mismatch(Path(out_dir) / rec["path"], rec["size"], rec["sha256"])
+        if why:
+            return f"{Path(out_dir) / rec['path']} {why}"
+    return None
 
 
 def is_trained(out_dir: Path, cfg: TrainConfig, domain: Domain) -> bool:
-    """True if out_dir holds a finished run of this exact config."""
-    meta = Path(out_dir) / "train.json"
-    if not meta.exists() or not (Path(out_dir) / "adapter.safetensors").exists():
+    """True if out_dir holds a finished run of this exact config and its adapter and log match train.json (they are
+    then noted as reused in the running stage's artefact log); a mismatch is reported, naming the file."""
+    why = why_not_trained(out_dir, cfg, domain)
+    if why:
+        print(f"{why}: training {Path(out_dir).name} again", file=sys.stderr)
+    if why is not None:
         return False
-    return json.loads(meta.read_text()).get("hash") == _key(domain, cfg)
+    for name in (*RESULT_FILES, "train.json"):
+        note_artefact(Path(out_dir) / name)
+    return True
+
+
+def trained_adapter(out_dir: Path) -> Path:
+    """The adapter of a finished run, checked against the size and sha256 in train.json (ArtefactError naming the
+    file otherwise)."""
+    out_dir = Path(out_dir)
+    fix = "re-run notebook 01 (python -m lib.reproduce <params> --only 01)"
+    meta = read_json(out_dir / "train.json", "training record", fix)
+    recs = {r["path"]: r for r in meta.get("files", [])}
+    rec = recs.get("adapter.safetensors")
+    if rec is None:
+        raise ArtefactError(f"{out_dir / 'train.json'} records no adapter (it predates file records); {fix}")
+    why = mismatch(out_dir / rec["path"], rec["size"], rec["sha256"])
+    if why:
+        raise ArtefactError(f"{out_dir / rec['path']} {why}; {fix}")
+    return out_dir / rec["path"]
+
+
+def adapter_sha256(out_dir: Path) -> str:
+    """The sha256 train.json records for a finished run's adapter (checked by `trained_adapter`)."""
+    trained_adapter(out_dir)
+    recs = {r["path"]: r for r in read_json(Path(out_dir) / "train.json", "training record")["files"]}
+    return recs["adapter.safetensors"]["sha256"]
 
 
 def _key(domain: Domain, cfg: TrainConfig) -> str:

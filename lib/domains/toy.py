@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,46 +28,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lib.distributed import device_for
+from lib.domains.toy_config import ToyConfig
 from lib.drawing import family_color
-from lib.errors import check
-from lib.files import atomic_path, config_hash, sha256_file, write_text
+from lib.errors import ArtefactError
+from lib.files import atomic_path, config_hash, file_record, mismatch, note_artefact, read_json, sha256_file, write_text
 from lib.guidance import Denoiser, classifier_free
 from lib.samplers import per_sample_noise
 
 
-@dataclass(frozen=True)
-class ToyConfig:
-    """The toy problem and its base model."""
-
-    num_prompts: int = 4
-    modes: tuple[int, ...] = (3, 4, 5, 6)  # modes of each prompt's GMM (cycled over prompts)
-    radius: float = 1.5  # ring radius of the modes
-    mode_std: float = 0.12
-    reward_shift: float = 0.3  # distance from a mode to its reward bump
-    reward_width: float = 0.25
-    reward_top: float = 1.0  # height of the global-maximum bump (others: reward_other)
-    reward_other: float = 0.7
-    reward_pull: float = 0.35  # height of the broad bump around the global maximum
-    reward_pull_width: float = 2.0
-    num_train_timesteps: int = 1000
-    num_steps: int = 20  # DDIM steps for training and evaluation
-    guidance_scale: float = 1.0  # classifier-free guidance weight (1 = conditional model only)
-    hidden: int = 128
-    depth: int = 3
-    pretrain_steps: int = 3000
-    pretrain_batch: int = 512
-    pretrain_lr: float = 2e-3
-    cond_dropout: float = 0.1  # null-condition rate during pre-training (for CFG)
-    seed: int = 0
-
-    def __post_init__(self):
-        check("toy.num_prompts", self.num_prompts, self.num_prompts >= 1, ">= 1")
-        check("toy.modes", self.modes, len(self.modes) >= 1 and min(self.modes) >= 1, "a non-empty list of ints >= 1")
-        for key in ("radius", "mode_std", "reward_width", "reward_pull_width", "pretrain_lr"):
-            check(f"toy.{key}", getattr(self, key), getattr(self, key) > 0, "> 0")
-        check("toy.num_steps", self.num_steps, 1 <= self.num_steps <= self.num_train_timesteps, "in [1, num_train_timesteps]")
-        check("toy.guidance_scale", self.guidance_scale, self.guidance_scale >= 0, ">= 0")
-        check("toy.cond_dropout", self.cond_dropout, 0 <= self.cond_dropout < 1, "in [0, 1)")
+def _load(path: Path, fix: str) -> dict:
+    """A safetensors file's tensors, or an ArtefactError naming the file (missing, truncated, not safetensors)."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ArtefactError(f"{path}: missing; {fix}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ArtefactError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                            f"{fix}") from None
 
 
 def _time_embedding(t: torch.Tensor, dim: int, T: int) -> torch.Tensor:
@@ -148,12 +125,33 @@ class ToyDomain:
             raise ValueError("ToyDomain.prepare needs the run folder (ToyDomain(cfg, root=...))")
         key = config_hash(asdict(self.cfg))
         rec = self._base_record()
-        if not force and self.base_path.exists() and rec.exists() and json.loads(rec.read_text()).get("hash") == key:
-            return None
+        if not force and rec.exists():
+            why = self._why_stale(key)
+            if why is None:
+                note_artefact(self.base_path)
+                note_artefact(rec)
+                return None
+            if why:
+                print(f"{why}: pre-training the base model again")
         losses = self.pretrain(self.base_path, progress=progress)
-        info = {"hash": key, "final_loss": sum(losses[-100:]) / len(losses[-100:]), "steps": len(losses)}
+        info = {"hash": key, "final_loss": sum(losses[-100:]) / len(losses[-100:]), "steps": len(losses),
+                "file": file_record(self.base_path, self.base_path.parent)}
         write_text(rec, json.dumps(info))
         return info
+
+    def _why_stale(self, key: str) -> Optional[str]:
+        """None if the stored base model is of this config and matches its record; '' if it is of another config;
+        else why not, naming the file."""
+        try:
+            info = read_json(self._base_record(), "base model record")
+        except ArtefactError as e:
+            return str(e)
+        if info.get("hash") != key:
+            return ""
+        if "file" not in info:
+            return f"{self._base_record()} predates file records"
+        why = mismatch(self.base_path, info["file"]["size"], info["file"]["sha256"])
+        return f"{self.base_path} {why}" if why else None
 
     def stamp(self) -> dict:
         """The toy config and the sha256 of the stored base model."""
@@ -262,7 +260,7 @@ class ToyDomain:
         if self.base_path is None or not self.base_path.exists():
             raise FileNotFoundError(f"no pre-trained toy base model at {self.base_path}: run pretrain() (notebook 01) first")
         model = self.new_model()
-        model.load_state_dict(load_file(str(self.base_path)))
+        model.load_state_dict(_load(self.base_path, "re-run notebook 01, which pre-trains it"))
         return model.requires_grad_(False).eval()
 
     def denoiser(self, model: nn.Module, scale: Optional[float] = None) -> Denoiser:
@@ -285,14 +283,13 @@ class ToyDomain:
 
     def load_adapter(self, path: Path) -> nn.Module:
         """Base model with the LoRA adapter stored at path (frozen)."""
-        model = self.add_adapter(self.base_model(), rank=self._rank(path), seed=0)
-        set_peft_model_state_dict(model, load_file(str(path)))
+        state = _load(path, "re-run notebook 01, which trains it")
+        rank = next((v.shape[0] for k, v in state.items() if "lora_A" in k), None)
+        if rank is None:
+            raise ArtefactError(f"{path}: holds no LoRA weights (lora_A); re-run notebook 01, which trains it")
+        model = self.add_adapter(self.base_model(), rank=rank, seed=0)
+        set_peft_model_state_dict(model, state)
         return model.requires_grad_(False).eval()
-
-    @staticmethod
-    def _rank(path: Path) -> int:
-        sd = load_file(str(path))
-        return next(v.shape[0] for k, v in sd.items() if "lora_A" in k)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """The toy's samples are its latents."""

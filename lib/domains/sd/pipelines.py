@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from lib.domains.sd import hub
 from lib.domains.sd.rewards import clip_tokenizer
 from lib.samplers import per_sample_noise
 
@@ -102,8 +103,9 @@ def paper_scheduler(kind: str, config: Mapping[str, Any]):
 
 def load_pipeline(model_id_or_path: str, kind: str = "sd", dtype: torch.dtype | str = torch.float16,
                   device: str | torch.device = "cuda", cache_dir=None, revision: Optional[str] = None):
-    """A real SD1.x / SDXL pipeline (hub id or local directory, at `revision`) with the paper's sampler; "tiny"
-    builds one offline.
+    """A real SD1.x / SDXL pipeline (hub id or local directory) with the paper's sampler; "tiny" builds one offline.
+    A hub id loads at `revision`, else at the revision the params pin (`sd.revisions.model`, default the branch
+    main), and the commit it resolved to is recorded in the run's manifest (lib.domains.sd.hub).
 
     The SD safety checker is left out (it is not differentiable and blanks images; the paper's metrics use raw
     samples).
@@ -113,12 +115,14 @@ def load_pipeline(model_id_or_path: str, kind: str = "sd", dtype: torch.dtype | 
         pipe = tiny_pipeline(kind, cache_dir=cache_dir).to(device)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     cls = pipeline_class(kind)
-    kwargs: dict[str, Any] = dict(dtype=dtype, cache_dir=cache_dir, revision=revision)
+    kwargs: dict[str, Any] = dict(dtype=dtype, cache_dir=cache_dir)
     if kind == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if revision is not None:
+        hub.POLICY.revisions["model"], hub.POLICY.repos[model_id_or_path] = revision, "model"
     try:
-        pipe = cls.from_pretrained(model_id_or_path, **kwargs)
-    except (OSError, ValueError) as e:  # diffusers raises ValueError for a path that is neither local nor a repo
+        pipe = hub.load(cls.from_pretrained, model_id_or_path, f"{kind} pipeline", "sd.model", **kwargs)
+    except ValueError as e:  # diffusers raises ValueError for a path that is neither local nor a repo
         raise OSError(f"could not load the {kind} pipeline {model_id_or_path!r} ({e}); on an offline machine "
                       f"download it first (e.g. `hf download {DEFAULT_MODELS[kind]}`) and pass the local "
                       f"directory as sd.model") from e

@@ -2,7 +2,12 @@
 
 Every loader takes a local-path override (`path=`) and a cache directory; downloads go to the cache through a
 temporary file and `os.replace`, are verified by sha256 where the hash is known, and fail offline with an error
-that names the file, the URL and the override. Nothing here reads the repository's sibling folders at run time.
+that names the file, the URL and the override. The hub's data files are read at the revision `sd.revisions.hpdv2` /
+`sd.revisions.pickapic` (default: the branch `main`), and the sha256 of every file used is recorded in the run's
+manifest (`lib.domains.sd.hub`). Nothing here reads the repository's sibling folders at run time.
+
+Prompt-set names become folder names (samples/<prompt set>/): `check_name` allows plain names only; a set of
+one's own is `file:<name>` with its path in `sd.prompt_paths` (`{"file:mine": /data/prompts.txt}`).
 """
 from __future__ import annotations
 
@@ -10,23 +15,24 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lib.files import cache_root, sha256_file
+from lib.domains.sd.hub import _verify, fetch, revision
+from lib.errors import check, plain_name
+
+__all__ = ["fetch", "_verify"]  # re-exported: the download helper lives in lib.domains.sd.hub
 
 PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
 PARTI_SHA256 = "fab29e41bb512a169b56acab4cf2a41dcb675e285df2efcde6640c7dd3c440eb"
 PARTI_COUNT = 1632
 
 HPD_STYLES = ("anime", "concept-art", "paintings", "photo")
-HPD_URL = "https://huggingface.co/datasets/zhwang/HPDv2/resolve/main/benchmark/{style}.json"
+HPD_URL = "https://huggingface.co/datasets/zhwang/HPDv2/resolve/{revision}/benchmark/{style}.json"
 HPD_COUNT = 800  # prompts per style
 
 PICKAPIC_URL = (
-    "https://huggingface.co/datasets/yuvalkirstain/pickapic_v1_no_images/resolve/main/"
+    "https://huggingface.co/datasets/yuvalkirstain/pickapic_v1_no_images/resolve/{revision}/"
     "data/train-00000-of-00001-b138676ed2d1f52a.parquet"
 )
 PICKAPIC_N = 50_000  # AIG paper Sec. 4.1: a subset of 50k Pick-a-Pic prompts for fine-tuning
@@ -44,47 +50,10 @@ TINY_PROMPTS = (
 )
 
 
-def _verify(path: Path, sha256: Optional[str], url: str) -> Path:
-    if sha256 is not None:
-        got = sha256_file(path)
-        if got != sha256:
-            raise ValueError(f"{path}: sha256 {got} does not match the expected {sha256} of {url}")
-    return path
-
-
-def fetch(url: str, filename: str, *, sha256: Optional[str] = None, path: Optional[str | os.PathLike] = None,
-          cache_dir: Optional[str | os.PathLike] = None, override: str = "path=") -> Path:
-    """A verified local copy of `url`: the override `path`, else the cache, else a download into the cache."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"{filename}: the local override {p} does not exist (canonical URL: {url})")
-        return _verify(p, sha256, url)
-    target = cache_root(cache_dir) / filename
-    if target.is_file():
-        return _verify(target, sha256, url)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                out.write(block)
-        _verify(Path(tmp), sha256, url)
-        os.replace(tmp, target)
-    except Exception as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, ValueError):
-            raise
-        raise RuntimeError(
-            f"could not download {filename} from {url} ({type(e).__name__}: {e}); download it by hand and pass "
-            f"its local path as {override}<file> (or place it at {target})"
-        ) from e
-    return target
-
-
 def parti_records(path: Optional[str | os.PathLike] = None, cache_dir=None) -> list[dict[str, str]]:
     """PartiPrompts rows {Prompt, Category, Challenge, Note}: tab separated, no quoting (QUOTE_NONE)."""
-    p = fetch(PARTI_URL, "PartiPrompts.tsv", sha256=PARTI_SHA256, path=path, cache_dir=cache_dir)
+    p = fetch(PARTI_URL, "PartiPrompts.tsv", sha256=PARTI_SHA256, path=path, cache_dir=cache_dir,
+              record_as="data PartiPrompts.tsv")
     with open(p, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if len(rows) != PARTI_COUNT:
@@ -118,12 +87,19 @@ def hpdv2_prompts(style: str, path: Optional[str | os.PathLike] = None, cache_di
     """The 800 HPDv2 benchmark prompts of one style (anime, concept-art, paintings, photo)."""
     if style not in HPD_STYLES:
         raise ValueError(f"HPDv2 style {style!r} is not one of {HPD_STYLES}")
-    url = HPD_URL.format(style=style)
-    p = fetch(url, f"hpdv2/{style}.json", path=path, cache_dir=cache_dir)
+    rev = revision("hpdv2")
+    url = HPD_URL.format(style=style, revision=rev)
+    p = fetch(url, f"hpdv2/{_safe(rev)}/{style}.json", path=path, cache_dir=cache_dir,
+              record_as=f"data hpdv2/{style}.json")
     prompts = json.loads(Path(p).read_text(encoding="utf-8"))
     if not isinstance(prompts, list) or len(prompts) != HPD_COUNT or not all(isinstance(s, str) for s in prompts):
         raise ValueError(f"{p}: expected a JSON list of {HPD_COUNT} strings (HPDv2 benchmark, {url})")
     return prompts
+
+
+def _safe(rev: str) -> str:
+    """A revision as one folder name of the cache."""
+    return rev.replace("/", "--")
 
 
 def _read_captions(p: Path) -> list[str]:
@@ -142,7 +118,9 @@ def pickapic_prompts(n: int = PICKAPIC_N, path: Optional[str | os.PathLike] = No
 
     `path` may be the parquet file, a csv with a `caption` column, or a text file with one caption per line.
     """
-    p = fetch(PICKAPIC_URL, "pickapic_v1_train.parquet", path=path, cache_dir=cache_dir)
+    rev = revision("pickapic")
+    p = fetch(PICKAPIC_URL.format(revision=rev), f"pickapic/{_safe(rev)}/pickapic_v1_train.parquet", path=path,
+              cache_dir=cache_dir, record_as="data pickapic_v1_train.parquet")
     caps = sorted({c.strip() for c in _read_captions(Path(p)) if c and c.strip()}, key=_stable_key)
     if n > len(caps):
         raise ValueError(f"{p}: asked for {n} Pick-a-Pic captions, only {len(caps)} distinct ones")
@@ -163,7 +141,7 @@ def prompt_set(name: str, path: Optional[str | os.PathLike] = None, cache_dir=No
     if family == "tiny":
         return list(TINY_PROMPTS)
     if family == "file":
-        return _read_captions(Path(arg))
+        return _read_captions(Path(path) if path is not None else Path(arg))
     raise ValueError(
         f"unknown prompt set {name!r}; allowed: partiprompts, hpdv2:<{'|'.join(HPD_STYLES)}>, pickapic[:n], "
         "coverage[:n], tiny, file:<path>"
@@ -171,3 +149,28 @@ def prompt_set(name: str, path: Optional[str | os.PathLike] = None, cache_dir=No
 
 
 PROMPT_SETS: Sequence[str] = ("partiprompts", *(f"hpdv2:{s}" for s in HPD_STYLES), "pickapic", "coverage", "tiny")
+
+
+COUNTS = {"partiprompts": PARTI_COUNT, "hpdv2": HPD_COUNT, "pickapic": PICKAPIC_N, "coverage": 40,
+          "tiny": len(TINY_PROMPTS)}
+
+
+def prompt_count(name: str) -> Optional[int]:
+    """The number of prompts of a set, known from its name alone (None for file: sets)."""
+    family, _, arg = name.partition(":")
+    if family in ("pickapic", "coverage") and arg.isdigit():
+        return int(arg)
+    return COUNTS.get(family)
+
+
+def check_name(key: str, name: str) -> None:
+    """Refuse a prompt-set name that is not a plain folder name or names no known family (ConfigError)."""
+    plain_name(key, name, extra=":=+")
+    family, _, arg = name.partition(":")
+    rules = {"partiprompts": (not arg, "no argument"), "tiny": (not arg, "no argument"),
+             "hpdv2": (arg in HPD_STYLES, f"hpdv2:<{'|'.join(HPD_STYLES)}>"),
+             "pickapic": (not arg or arg.isdigit() and int(arg) >= 1, "pickapic or pickapic:<n >= 1>"),
+             "coverage": (not arg or arg.isdigit() and int(arg) >= 1, "coverage or coverage:<n >= 1>"),
+             "file": (bool(arg), "file:<name> with its path in sd.prompt_paths")}
+    if family in rules:  # other families (a domain's own sets) are checked where they load
+        check(key, name, rules[family][0], rules[family][1])
