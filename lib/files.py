@@ -222,3 +222,8 @@ def cache_root(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     """The download cache: `cache_dir`, else $AIG_CACHE_DIR, else ~/.cache/aig_workbook."""
     root = cache_dir or os.environ.get("AIG_CACHE_DIR") or Path.home() / ".cache" / "aig_workbook"
     return Path(root).expanduser()
+
+
+# Set by `python -m lib.reproduce --accept-hub-changes`: hub loads accept a resolved revision or data-file hash that
+# differs from the one the run's manifest recorded (the domains' hub loaders read it).
+ACCEPT_HUB_ENV = "AIG_ACCEPT_HUB_CHANGES"

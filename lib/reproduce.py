@@ -36,10 +36,9 @@ from typing import Optional
 import yaml
 
 from lib.config import RunConfig, load, to_dict
-from lib.domains.sd.hub import ACCEPT_ENV
 from lib.errors import ArtefactError, ConfigError
-from lib.files import (ARTEFACT_LOG, LOCK_NAME, config_hash, read_json, record_files, run_lock, verify_records,
-                       write_text)
+from lib.files import (ACCEPT_HUB_ENV, ARTEFACT_LOG, LOCK_NAME, config_hash, read_json, record_files, run_lock,
+                       verify_records, write_text)
 from lib.runs import ROOT, repo_path, run_paths
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "diffusers", "transformers", "peft", "accelerate",
@@ -306,7 +305,7 @@ def run(params_file: str, only: list[str] | None = None, force: bool = False,
     cfg: RunConfig = load(repo_path(params_file))
     paths = run_paths(cfg, run_dir)
     nbs = notebooks(only, notebook_dir)
-    with _signals(), run_lock(paths.root), _env(ACCEPT_ENV, "1" if accept_hub_changes else None):
+    with _signals(), run_lock(paths.root), _env(ACCEPT_HUB_ENV, "1" if accept_hub_changes else None):
         resolved = to_dict(cfg)
         manifest_path = paths.root / "manifest.json"
         manifest = read_manifest(manifest_path)

@@ -26,9 +26,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from lib.errors import ArtefactError
-from lib.files import cache_root, read_json, sha256_file, write_text
+from lib.files import ACCEPT_HUB_ENV, cache_root, read_json, sha256_file, write_text
 
-ACCEPT_ENV = "AIG_ACCEPT_HUB_CHANGES"
+ACCEPT_ENV = ACCEPT_HUB_ENV  # set by the runner's --accept-hub-changes
 REVISION_KEYS = ("model", "reward", "processor", "dino", "clip", "hpdv2", "pickapic")
 
 # torch-fidelity's InceptionV3 (FID) weights. The 8 hex digits in the file name are the start of its sha256
