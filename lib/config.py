@@ -29,9 +29,10 @@ from lib.evaluate import MetricsConfig
 from lib.limits import check_device, check_memory, coverage_size
 from lib.methods import SweepConfig
 from lib.metrics import METRICS
+from lib.search.space import SearchConfig
 from lib.train import TrainConfig
 
-SECTIONS = {"train": TrainConfig, "sweep": SweepConfig, "metrics": MetricsConfig}
+SECTIONS = {"train": TrainConfig, "sweep": SweepConfig, "metrics": MetricsConfig, "search": SearchConfig}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self):
         plain_name("run", self.run)  # results/<run>: never '..', '.', a path or a NUL byte
@@ -99,11 +101,12 @@ def build(cls: type, data: dict, prefix: str = "") -> Any:
 def _check_metrics(cfg: RunConfig) -> None:
     """Refuse metrics the domain cannot compute, naming the metric and the domain."""
     can = entry(cfg.domain).domain.capabilities(cfg.domain_config)
-    for name in cfg.metrics.names:
+    asked = [("metrics", name) for name in cfg.metrics.names] + [("search.diversity", cfg.search.diversity)]
+    for key, name in asked:
         need = METRICS[name].needs
         if need not in can:
             ok = [m for m in (*cfg.metrics.names, *METRICS) if METRICS[m].needs in can and m not in ("reward", "kl")]
-            raise ConfigError(f"metrics: {name!r} cannot be computed on domain {cfg.domain!r} (it needs {need!r}, "
+            raise ConfigError(f"{key}: {name!r} cannot be computed on domain {cfg.domain!r} (it needs {need!r}, "
                               f"which the domain does not provide); allowed there: {', '.join(dict.fromkeys(ok))}")
 
 

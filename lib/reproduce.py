@@ -42,7 +42,7 @@ from lib.files import (ACCEPT_HUB_ENV, ARTEFACT_LOG, LOCK_NAME, config_hash, rea
 from lib.runs import ROOT, repo_path, run_paths
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "diffusers", "transformers", "peft", "accelerate",
-            "open_clip_torch", "torch-fidelity", "papermill", "matplotlib")
+            "open_clip_torch", "torch-fidelity", "papermill", "matplotlib", "optuna")
 RECORDS = "artefacts"  # results/<run>/artefacts/<stage>.json
 NOT_RECORDED = {"manifest.json", "config.yaml", LOCK_NAME}  # the runner's own files
 NOT_RECORDED_DIRS = {RECORDS, "cache"}  # records themselves; caches that may be deleted at will

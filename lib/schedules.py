@@ -124,7 +124,10 @@ class Spline(Schedule):
         from scipy.interpolate import PchipInterpolator
 
         xs, ys = zip(*self.points)
-        return PchipInterpolator(xs, ys, extrapolate=False)(np.clip(s, xs[0], xs[-1]))
+        out = PchipInterpolator(xs, ys, extrapolate=False)(np.clip(s, xs[0], xs[-1]))
+        for x, y in self.points:  # exactly the control value at a knot (PCHIP may be off by one ulp there)
+            out = np.where(s == x, y, out)
+        return out
 
     @property
     def spec(self) -> str:

@@ -10,9 +10,10 @@ import pandas as pd
 from lib.config import RunConfig, load
 from lib.domains.base import Domain
 from lib.explorer.preview import Previewer, preview_pairs
-from lib.explorer.state import ExplorerState
+from lib.explorer.state import PRESETS, ExplorerState
 from lib.explorer.view import GammaExplorer
 from lib.runs import RunPaths, make_domain, repo_path, run_paths
+from lib.search.presets import searched_presets
 
 TRAINED_BY = "notebooks/01_training.ipynb"
 SCORED_BY = "notebooks/03_metrics.ipynb"
@@ -65,6 +66,7 @@ def open_explorer(params_file: str | Path, run_dir: str | Path = "", preview_sam
         raise ValueError(f"initial_spec: {state.message}")
     previewer = run_previewer(cfg, domain, paths, preview_samples, prompt, seeds)
     metrics = pd.read_csv(paths.metrics, keep_default_na=False, na_values=[""])
-    explorer = GammaExplorer(state, previewer, metrics, repo_path(export_to or params_file), diversity)
+    presets = PRESETS + tuple(p for p in searched_presets(paths.root) if p not in PRESETS)  # notebook 07's front
+    explorer = GammaExplorer(state, previewer, metrics, repo_path(export_to or params_file), diversity, presets)
     explorer.cfg, explorer.paths = cfg, paths
     return explorer

@@ -93,10 +93,11 @@ class GammaExplorer:
 
     def __init__(self, state: ExplorerState, backend: Optional[PreviewBackend] = None,
                  metrics: Optional[pd.DataFrame] = None, params_file: Optional[str | Path] = None,
-                 diversity: str = "fid"):
+                 diversity: str = "fid", presets: Sequence[str] = PRESETS):
         import ipywidgets as W  # the view's optional GUI dependency, only where a view is built
 
         self.state, self.backend, self.metrics = state, backend, metrics
+        self.presets = tuple(presets)  # the paper's curves, plus a run's searched front (lib.search.presets)
         self.draw_samples = backend.draw_samples if backend is not None else None
         self.preview: Optional[Preview] = None
         self._drag: Optional[int] = None
@@ -105,7 +106,7 @@ class GammaExplorer:
 
         self.family = W.ToggleButtons(options=FAMILIES, value=state.family, description="family")
         self.family.style.button_width = "80px"
-        self.preset = W.Dropdown(options=[("custom", "")] + [(p, p) for p in PRESETS], value="", description="preset")
+        self.preset = W.Dropdown(options=[("custom", "")] + [(p, p) for p in self.presets], value="", description="preset")
         self.sliders: dict[tuple[str, str], Any] = {}
         for fam, ps in PARAMS.items():
             for p in ps:
@@ -283,7 +284,7 @@ class GammaExplorer:
                 sl.value = st.params[fam][name]
                 sl.layout.display = "" if fam == st.family else "none"
             self.spline_box.layout.display = "" if st.family == "spline" else "none"
-            self.preset.value = st.spec if st.spec in PRESETS else ""
+            self.preset.value = st.spec if st.spec in self.presets else ""
             self.steps.value = st.num_steps
             if table:
                 self.table.value = st.points_text()
