@@ -24,12 +24,10 @@ import pytest
 from explorer_run import toy_run
 from lib.schedules import parse
 from lib.explorer import ExplorerState, GammaExplorer, torch_threads
+from helpers import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "05_gamma_explorer.ipynb"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 INSTALL_HINT = ("`make browser-deps` installs it (`make test` runs that target first): "
                 "apt-get update && apt-get install -y chromium")
 

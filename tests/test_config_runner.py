@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -12,6 +11,7 @@ from lib import reproduce
 from lib.config import from_dict, load
 from lib.errors import ConfigError
 from lib.runs import ROOT
+from helpers import write_notebook
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
@@ -91,19 +91,12 @@ def test_bad_params_file_is_a_one_line_error(tmp_path):
     assert len(lines) == 1 and "train.K = 0" in lines[0] and "Traceback" not in out.stderr
 
 
-def _notebook(path: Path, code: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell('params_file = ""\nrun_dir = ""')
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell(code)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
 
 
 def test_runner_writes_config_manifest_skips_and_keeps_failures(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    _notebook(nbs / "00_ok.ipynb", "from pathlib import Path\n(Path(run_dir) / 'ran.txt').open('a').write('x')")
+    write_notebook(nbs / "00_ok.ipynb", "from pathlib import Path\n(Path(run_dir) / 'ran.txt').open('a').write('x')")
     params = tmp_path / "p.yaml"
     params.write_text("run: runner-test\ntoy:\n  num_steps: 5\n")
     run_dir = tmp_path / "run"
@@ -128,7 +121,7 @@ def test_runner_writes_config_manifest_skips_and_keeps_failures(tmp_path):
     reproduce.run(str(params), notebook_dir=nbs, run_dir=run_dir)
     assert (run_dir / "ran.txt").read_text() == "xxx"
 
-    _notebook(nbs / "01_fail.ipynb", "raise ValueError('boom')")
+    write_notebook(nbs / "01_fail.ipynb", "raise ValueError('boom')")
     with pytest.raises(RuntimeError, match="01_fail failed.*boom"):
         reproduce.run(str(params), only=["01"], notebook_dir=nbs, run_dir=run_dir)
     assert (run_dir / "notebooks" / "01_fail.ipynb").exists()

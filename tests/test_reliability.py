@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -28,6 +27,7 @@ from lib.files import LOCK_NAME, run_lock
 from lib.runs import ROOT
 from lib.store import mark_done, read_samples, why_not_done, write_samples
 from lib.train import TrainConfig, is_trained, train, trained_adapter
+from helpers import write_notebook
 
 TOY = ("domain: toy\ndevice: cpu\ntoy:\n  pretrain_steps: 150\n  num_steps: 4\n"
        "train:\n  steps: 4\n  batch_size: 8\n  checkpoint_every: 2\n"
@@ -257,13 +257,6 @@ def test_non_finite_samples_are_refused_when_written_and_when_read(tmp_path):
         read_samples(tmp_path, "coverage/draft__-")
 
 
-def _notebook(path: Path, code: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell('params_file = ""\nrun_dir = ""')
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell(code)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
 
 
 HEAD = "from lib.config import load\nfrom lib.runs import run_paths\ncfg = load(params_file)\npaths = run_paths(cfg, run_dir)\n"
@@ -277,7 +270,7 @@ def stage_notebooks(tmp_path) -> Path:
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     for name, code in STAGES.items():
-        _notebook(nbs / f"{name}.ipynb", code)
+        write_notebook(nbs / f"{name}.ipynb", code)
     return nbs
 
 
@@ -449,7 +442,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
 def test_ctrl_c_stops_the_run_within_seconds_marks_it_interrupted_and_exits_130(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    _notebook(nbs / "00_slow.ipynb", "import time\nfrom pathlib import Path\nfrom lib.files import write_text\n"
+    write_notebook(nbs / "00_slow.ipynb", "import time\nfrom pathlib import Path\nfrom lib.files import write_text\n"
               "write_text(Path(run_dir) / 'finished.txt', 'kept')\n(Path(run_dir) / 'started').write_text('')\n"
               "for _ in range(600):\n    time.sleep(0.1)\n(Path(run_dir) / 'ran-to-the-end').write_text('')")
     params = _params(tmp_path, "run: slow\n")

@@ -16,12 +16,10 @@ from lib.study import db
 from lib.study.app import COOKIE, create_app, serve_in_thread
 from lib.study.catalog import build_catalog, parse_pairs
 from study_fixtures import image_run
+from helpers import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / ".pytest_output" / "study"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 ALL_LOADED = ("() => document.images.length === 18 && "
               "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
 

@@ -1,5 +1,4 @@
 """The toy domain, the sampler and the DRaFT-family trainer (issue: the toy study end to end)."""
-import dataclasses
 
 import numpy as np
 import pytest
