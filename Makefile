@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-# The main job: notebooks 00-05 on the embedded toy default, executed into results/<run>/notebooks/.
+# The main job: notebooks 00-07 on the embedded toy default, executed into results/<run>/notebooks/.
 reproduce: install
 	$(PY) -m lib.reproduce $(PARAMS)
 

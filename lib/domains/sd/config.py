@@ -1,12 +1,18 @@
 """Settings of the Stable Diffusion domain: the params section `sd:` (the paper presets are params/presets/)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
+from lib.domains.sd import prompts
+from lib.domains.sd.features import CLIP_MODEL, DINO_MODEL
+from lib.domains.sd.hub import REVISION_KEYS, is_local
 from lib.domains.sd.pipelines import DEFAULT_MODELS, DTYPES, KINDS, PAPER_SAMPLING, check_kind
-from lib.domains.sd.rewards import REWARDS
+from lib.domains.sd.rewards import CLIP_SCORE_MODEL, HPS_REPO, PICKSCORE_MODEL, PICKSCORE_PROCESSOR, REWARDS
 from lib.errors import check
+
+FEATURE_DIMS = {"inception": 2048, "tiny": 16}  # feature size of the coverage-metric extractors (memory estimate)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,10 @@ class SDConfig:
     cache_dir: Optional[str] = None
     prompt_paths: Mapping[str, str] = field(default_factory=dict)  # prompt-set name -> local file override
     feature_paths: Mapping[str, str] = field(default_factory=dict)  # extractor name -> local weights override
+    # Hub revisions (branch, tag or commit) by key: model (sd.model), reward, processor (PickScore's tokenizer),
+    # dino, clip, hpdv2, pickapic (data files); default: the branch `main`. The commit each load resolved to is
+    # recorded in the run's manifest.json; a later change is refused unless accepted (lib.domains.sd.hub).
+    revisions: Mapping[str, str] = field(default_factory=dict)
     gradient_checkpointing: bool = False
     autocast: bool = True  # bf16 autocast, only ever on CUDA
     seed: int = 0  # initialisation seed of the tiny pipeline
@@ -45,6 +55,53 @@ class SDConfig:
         check("sd.reward", self.reward, self.reward in REWARDS, ", ".join(REWARDS))
         check("sd.eval_prompts", self.eval_prompts, len(self.eval_prompts) >= 1, "at least one prompt set")
         check("sd.features", self.features, len(self.features) >= 1, "at least one feature extractor")
+        for key in ("train_prompts", "coverage_prompts"):
+            prompts.check_name(f"sd.{key}", getattr(self, key))
+        for name in self.eval_prompts:
+            prompts.check_name("sd.eval_prompts", name)
+        for key, rev in dict(self.revisions).items():
+            check(f"sd.revisions.{key}", rev, key in REVISION_KEYS, "a key among " + ", ".join(REVISION_KEYS))
+            check(f"sd.revisions.{key}", rev, isinstance(rev, str) and re.fullmatch(r"[\w./-]{1,200}", rev) is not None,
+                  "a branch, tag or commit of the hub repository")
+        check("sd.seed", self.seed, isinstance(self.seed, int) and 0 <= self.seed < 2**53, "an integer in [0, 2**53)")
+
+    def hub_repos(self) -> dict[str, str]:
+        """Which revision key governs each hub repository this config may load."""
+        repos = {PICKSCORE_MODEL: "reward", HPS_REPO: "reward", PICKSCORE_PROCESSOR: "processor",
+                 DINO_MODEL: "dino", CLIP_MODEL: "clip", CLIP_SCORE_MODEL: "clip"}
+        if not self.model.startswith("tiny") and not is_local(self.model):
+            repos[self.model] = "model"
+        if self.reward_path and not is_local(self.reward_path):
+            repos[self.reward_path] = "reward"
+        return repos
+
+    # ---- sizes for the load-time checks of lib.config / lib.limits (lower bounds, in bytes) ----------------------
+    def _set_name(self, name: str) -> str:
+        return {"train": self.train_prompts, "eval": self.eval_prompts[0], "coverage": self.coverage_prompts}.get(name, name)
+
+    def check_prompt_set(self, key: str, name: str) -> None:
+        """A prompt set of sweep.prompt_sets: a split (train, eval, coverage) or a named set (prompts.check_name)."""
+        if name not in ("train", "eval", "coverage"):
+            prompts.check_name(key, name)
+
+    def prompt_count(self, name: str) -> Optional[int]:
+        return prompts.prompt_count(self._set_name(name))
+
+    def sample_bytes(self) -> int:
+        return 3 * self.resolution ** 2  # a uint8 RGB image
+
+    def feature_bytes(self) -> int:
+        return FEATURE_DIMS.get(self.features[0], 0) * 8  # float64 features in lib.metrics
+
+    def step_bytes(self, training: bool) -> int:
+        """The VAE decoder's last activation of one image (128 channels at full resolution; 8 for the tiny VAE),
+        twice when kept for backward: a lower bound of what sampling or training one image holds at once."""
+        channels = 8 if self.model.startswith("tiny") else 128
+        width = 4 if self.dtype == "float32" else 2
+        return channels * self.resolution ** 2 * width * (2 if training else 1)
+
+    def model_need(self) -> None:
+        return None  # the pipeline's size is not set by the params
 
     @classmethod
     def paper(cls, kind: str = "sd", **overrides) -> "SDConfig":

@@ -20,6 +20,7 @@ import torch
 
 from lib.distributed import device_for
 from lib.domains.sd.config import SDConfig
+from lib.domains.sd import hub
 from lib.domains.sd.features import extract, load_extractor
 from lib.domains.sd.pipelines import DTYPES, latents_for, load_pipeline, pipeline_class, tiny_pipeline
 from lib.domains.sd.prompts import prompt_set
@@ -47,6 +48,7 @@ class SDDomain:
 
     def __init__(self, config: SDConfig = SDConfig(), root: Optional[Path] = None, device: str = "auto", pipe=None):
         self.config, self.root = config, Path(root) if root else None
+        hub.configure(dict(config.revisions), config.hub_repos(), self.root)  # pinned revisions, recorded commits
         self.device = device_for(device)
         if pipe is None and config.model.startswith("tiny"):
             pipe = tiny_pipeline(config.kind, config.seed, config.cache_dir).to(self.device)

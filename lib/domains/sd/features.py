@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.domains.sd.hub import inception_state_dict, torch_fidelity_weights
 from lib.domains.sd.rewards import hub_load, pooled, clip_preprocess
 from lib.files import atomic_write
 
@@ -45,13 +46,9 @@ class InceptionPool3(torch.nn.Module):
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        try:
-            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                   feature_extractor_weights_path=weights_path)
-        except Exception as e:  # offline: torch-fidelity downloads its weights from GitHub
-            raise RuntimeError(f"could not load torch-fidelity's InceptionV3 weights ({type(e).__name__}: {e}); "
-                               "download pt_inception-2015-12-05-6726825d.pth once and pass its path as "
-                               "feature_paths['inception']") from e
+        state = inception_state_dict(weights_path)  # sha256-pinned, read weights-only (lib.domains.sd.hub)
+        with torch_fidelity_weights(state):  # so torch-fidelity neither downloads unchecked nor unpickles
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)  # torch-fidelity expects uint8 (B, 3, H, W)

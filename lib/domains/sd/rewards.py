@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from lib.domains.sd import hub
 from lib.files import cache_root
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -241,12 +242,10 @@ def save_hps_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None
 
 
 def hub_load(fn, src: str, what: str, override: str, **kwargs):
-    """Call a from_pretrained-style loader; offline failures name the source and the override."""
-    try:
-        return fn(src, **kwargs)
-    except OSError as e:
-        raise OSError(f"could not load the {what} from {src!r} ({e}); on an offline machine download it first "
-                      f"and pass its local path as `{override}`") from e
+    """Call a from_pretrained-style loader at the revision the params pin (sd.revisions), recording the commit it
+    resolved to in the run's manifest (lib.domains.sd.hub.load); offline failures name the source, the override
+    and the revision key."""
+    return hub.load(fn, src, what, override, **kwargs)
 
 
 # --------------------------------------------------------------------------------------- tiny offline networks
