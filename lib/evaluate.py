@@ -8,7 +8,11 @@ defined). Metrics come from the one table `lib.metrics.METRICS`:
   for seed (Eq. 12-14);
 - dino_diversity (every prompt set with >= 2 samples per prompt): 1 - mean pairwise cosine within a prompt
   (`lib.metrics.pairwise_diversity`), averaged over prompts; interval and n over prompts;
-- kl: the chain KL of each fine-tuned model (Fig. 3a).
+- kl: the chain KL of each fine-tuned model (Fig. 3a);
+- ground truth (`metrics.truth`, domains with capability 'truth': the miniature SD world): true_preference,
+  true_preference_alt, reward_alt, prompt_accuracy (means over samples, t-interval); mode_entropy and the entropy of
+  each mode part (per prompt, in bits, averaged over prompts); true_coverage (per prompt: the share of the modes the
+  base samples produce, each at least MODE_SHARE of them, that the method still produces; averaged over prompts).
 """
 from __future__ import annotations
 
@@ -23,10 +27,18 @@ from tqdm.auto import tqdm
 from lib import metrics as M
 from lib.domains.base import Domain
 from lib.errors import check
-from lib.methods import Method
+from lib.generate import generate
+from lib.methods import Method, method_denoiser
 from lib.samplers import sample
 from lib.store import read_samples
 from lib.train import KLProbe, base_branch
+
+MODE_SHARE = 0.02  # a mode counts as produced by a set of samples of one prompt when it holds >= 2 % of them
+PER_SAMPLE_TRUTH = {"true_preference": "true_preference", "true_preference_alt": "true_preference_alt",
+                    "reward_alt": "reward_alt", "prompt_accuracy": "prompt_ok"}
+ENTROPY_OF = {"mode_entropy": "mode", "position_entropy": "position", "size_entropy": "size",
+              "background_entropy": "background"}
+NUM_MODES = 16  # modes per prompt of the world (lib.domains.world.render.NUM_MODES)
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class MetricsConfig:
     diversity: tuple[str, ...] = ("fid", "precision", "recall", "scd", "lscd")
     alignment: tuple[str, ...] = ()  # "clip": the CLIP score of every prompt set (Fig. 21-24)
     kl_samples: int = 64  # trajectories per prompt for the reward-KL plot (Fig. 3a)
+    truth: tuple[str, ...] = ()  # ground-truth metrics (needs 'truth': the miniature SD world), lib.metrics.TRUTH_METRICS
 
     def __post_init__(self):
         check("metrics.k", self.k, self.k >= 1, "an integer >= 1")
@@ -44,11 +57,13 @@ class MetricsConfig:
             check("metrics.diversity", m, m in M.DIVERSITY_METRICS, "any of " + ", ".join(M.DIVERSITY_METRICS))
         for m in self.alignment:
             check("metrics.alignment", m, m == "clip", "'clip'")
+        for m in self.truth:
+            check("metrics.truth", m, m in M.TRUTH_METRICS, "any of " + ", ".join(M.TRUTH_METRICS))
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every metric asked for, beyond reward and kl."""
-        return (*self.diversity, *self.alignment)
+        return (*self.diversity, *self.alignment, *self.truth)
 
 
 def _row(m: Method, prompt_set: str, metric: str, value: float, n: int, ci95: float = np.nan) -> dict:
@@ -71,11 +86,47 @@ def features_of(domain: Domain, x: np.ndarray, batch: int) -> np.ndarray:
     return batched(domain, lambda xb, _: domain.features(xb), x, [None] * len(x), batch)
 
 
+def truth_of(domain: Domain, x: np.ndarray, prompts: list, batch: int) -> dict[str, np.ndarray]:
+    """The domain's per-sample ground truth (`Domain.truth`) of stored samples: name -> (N,)."""
+    parts: dict[str, list] = {}
+    with torch.no_grad():
+        for lo in range(0, len(x), batch):
+            for key, v in domain.truth(domain.from_storage(x[lo: lo + batch]), prompts[lo: lo + batch]).items():
+                parts.setdefault(key, []).append(np.asarray(v))
+    return {key: np.concatenate(v) for key, v in parts.items()}
+
+
+def truth_rows(m: Method, prompt_set: str, t: dict, prompt_idx: np.ndarray, names: Sequence[str],
+               ref: tuple[dict, np.ndarray] | None = None) -> list[dict]:
+    """Ground-truth rows of one method (module docstring) from its per-sample truth `t`; `ref` = (the base
+    samples' truth, their prompt indices) for true_coverage."""
+    rows = []
+    for name in names:
+        if name in PER_SAMPLE_TRUTH:
+            value = M.mean_ci(t[PER_SAMPLE_TRUTH[name]])
+        elif name in ENTROPY_OF:
+            per = [M.entropy_bits(t[ENTROPY_OF[name]][prompt_idx == j]) for j in np.unique(prompt_idx)]
+            value = M.mean_ci(per)
+        elif name == "true_coverage" and ref is not None:
+            ref_t, ref_p = ref
+            per = [M.mode_coverage(ref_t["mode"][ref_p == j], t["mode"][prompt_idx == j], NUM_MODES, MODE_SHARE)
+                   for j in np.unique(prompt_idx)]
+            value = M.mean_ci([v for v in per if v == v])
+        else:
+            continue
+        mean, half, n = value
+        rows.append(_row(m, prompt_set, name, mean, n, half))
+    return rows
+
+
 def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, prompt_idx: np.ndarray,
                 ref_features: np.ndarray | None, names: Sequence[str], k: int, batch: int,
-                features: np.ndarray | None = None) -> list[dict]:
+                features: np.ndarray | None = None, ref_truth: tuple[dict, np.ndarray] | None = None,
+                truth: dict | None = None) -> list[dict]:
     """The rows of one method on one prompt set: reward, then every metric in `names` that applies (feature
-    metrics only with `ref_features`, the base model's; `features` of x when already computed)."""
+    metrics only with `ref_features`, the base model's; `features` of x when already computed; ground-truth
+    metrics from `truth` of x or computed here, true_coverage only with `ref_truth`, the base samples' truth and
+    prompt indices)."""
     texts = domain.prompts(prompt_set)
     prompts = [texts[j] for j in prompt_idx]
     mean, half, n = M.mean_ci(batched(domain, domain.reward, x, prompts, batch))
@@ -94,6 +145,10 @@ def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, promp
         f = features if features is not None else features_of(domain, x, batch)
         for name in feature_metrics:
             rows.append(_row(m, prompt_set, name, M.against_base(name, ref_features, f, k=k), len(f)))
+    truth_names = [name for name in names if name in M.TRUTH_METRICS]
+    if truth_names:
+        t = truth if truth is not None else truth_of(domain, x, prompts, batch)
+        rows += truth_rows(m, prompt_set, t, prompt_idx, truth_names, ref_truth)
     return rows
 
 
@@ -104,12 +159,17 @@ def evaluate(domain: Domain, methods: Sequence[Method], samples_dir, prompt_sets
     for ps in prompt_sets:
         ref_x, ref_p, ref_s = read_samples(samples_dir, f"{ps}/{Method('base').key}")
         ref_f = features_of(domain, ref_x, batch) if ps == "coverage" else None
+        ref_t = None
+        if any(name in M.TRUTH_METRICS for name in names):
+            texts = domain.prompts(ps)
+            ref_t = (truth_of(domain, ref_x, [texts[j] for j in ref_p], batch), ref_p)
         for m in tqdm(methods, desc=f"metrics {ps}", disable=not progress):
             x, p, s = read_samples(samples_dir, f"{ps}/{m.key}")
             if not (np.array_equal(p, ref_p) and np.array_equal(s, ref_s)):
                 raise ValueError(f"{m.key}: prompts/seeds differ from the base samples; re-run notebook 02")
-            rows += method_rows(domain, m, ps, x, p, ref_f, names, k, batch,
-                                features=ref_f if m == Method("base") else None)
+            is_base = m == Method("base")
+            rows += method_rows(domain, m, ps, x, p, ref_f, names, k, batch, features=ref_f if is_base else None,
+                                ref_truth=ref_t, truth=ref_t[0] if is_base and ref_t is not None else None)
     return pd.DataFrame(rows)
 
 
@@ -131,3 +191,29 @@ def kl_rows(domain: Domain, models: dict[Method, torch.nn.Module], per_prompt: i
         mean, half, n = M.mean_ci(vals)
         rows.append(_row(m, "coverage", "kl", mean, n, half))
     return rows
+
+
+def checkpoint_metrics(domain: Domain, checkpoints: dict[int, str], pairs: Sequence[tuple[int, int]],
+                       names: Sequence[str], k: int = 10, batch: int = 512, prompt_set: str = "coverage",
+                       progress: bool = True) -> pd.DataFrame:
+    """The metrics of DRaFT's periodic adapters {training step: adapter file} on (prompt index, seed) pairs, with
+    the base model as step 0 and as the reference of the feature and coverage metrics: the Goodhart curve of reward
+    hacking (proxy reward against the truth along training). Rows as metrics.csv plus a column `step`."""
+    texts = domain.prompts(prompt_set)
+    idx = np.array([j for j, _ in pairs])
+    rows, ref_f, ref_t = [], None, None
+    steps = sorted(checkpoints)
+    for step in tqdm([0, *steps], desc="checkpoints", disable=not progress):
+        model = domain.load_adapter(checkpoints[step or steps[0]], adapter_name="checkpoint")
+        m = Method("base" if step == 0 else "draft")
+        with method_denoiser(domain, m, model) as den:
+            x = generate(domain, den, texts, list(pairs), batch)
+        if step == 0:
+            ref_f = features_of(domain, x, batch)
+            ref_t = (truth_of(domain, x, [texts[j] for j in idx], batch), idx) \
+                if any(name in M.TRUTH_METRICS for name in names) else None
+        got = method_rows(domain, m, prompt_set, x, idx, ref_f, names, k, batch,
+                          features=ref_f if step == 0 else None, ref_truth=ref_t,
+                          truth=ref_t[0] if step == 0 and ref_t is not None else None)
+        rows += [dict(r, step=step) for r in got]
+    return pd.DataFrame(rows)

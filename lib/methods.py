@@ -4,6 +4,13 @@ schedule), KL-regularised models; the sweep's settings; and the one dispatcher f
 A method is `Method(family, value, scales)`; metrics.csv names it by the columns `method` (the family) and
 `setting` (`Method.setting`: '-', 'alpha=0.5', 'power:2', 'step:0.5', 'lambda=1', with ' cfg=7.5/1' appended when
 the two branches have their own classifier-free guidance scales); `Method.parse` reads them back.
+
+Cost (`python -m lib.bench`): where a model's LoRA adapter allows it (`lib.lora.LoRAModes`), the dispatcher runs
+the base branch as the plain network, every tuned-only evaluation (DRaFT, KL models, LoRA scaling, the tuned steps
+of a step schedule) on the merged network W + s B A, and, where the domain's `paired_calls` allows it and the batch
+is small enough for it to pay (`lib.guidance.pairing_pays`), the steps with 0 < gamma < 1 as one network call on the
+stacked batch (`lib.guidance.paired_branches`, `lib.lora.LoRAModes.split`). All three give the numbers of the plain
+two-call evaluation up to float rounding (tests/test_fused.py).
 """
 from __future__ import annotations
 
@@ -16,10 +23,10 @@ import torch
 
 from lib.domains.base import Domain
 from lib.errors import ConfigError, check
-from lib.guidance import Denoiser, aig
-from lib.lora import lora_scale
+from lib.guidance import Denoiser, aig, paired_branches, pairing_pays
+from lib.lora import LoRAModes, lora_modes, lora_scale
 from lib.samplers import sampling_timesteps
-from lib.schedules import Schedule, parse
+from lib.schedules import Const, Schedule, parse
 from lib.train import base_branch
 
 FAMILIES = ("base", "draft", "lora_scale", "aig", "combined", "kl")
@@ -138,20 +145,59 @@ def sweep_methods(sweep: SweepConfig) -> list[Method]:
     return out
 
 
+def _in_mode(modes: LoRAModes, mode: str, denoiser: Denoiser) -> Denoiser:
+    """`denoiser` run with the model in `mode` ('base', 'lora' or 'merged'); 'merged', through which no gradient
+    reaches the adapter, gives way to 'lora' while gradients are recorded."""
+    def run(x, t, cond):
+        getattr(modes, "lora" if mode == "merged" and torch.is_grad_enabled() else mode)()
+        return denoiser(x, t, cond)
+
+    return run
+
+
+def _tuned_only(modes: Optional[LoRAModes], domain: Domain, model: torch.nn.Module, merged: bool) -> Denoiser:
+    """The denoiser of one adapted model alone: on its merged network where allowed."""
+    den = domain.denoiser(model)
+    return _in_mode(modes, "merged", den) if modes is not None and merged else den
+
+
 @contextlib.contextmanager
 def method_denoiser(domain: Domain, m: Method, tuned: torch.nn.Module,
                     kl_models: dict[float, torch.nn.Module] | None = None,
-                    num_steps: Optional[int] = None) -> Iterator[Denoiser]:
+                    num_steps: Optional[int] = None, paired: Optional[bool] = None,
+                    merged: bool = True) -> Iterator[Denoiser]:
     """The denoiser of method m for an N-step chain (N = num_steps or the domain's), built from the DRaFT model
-    `tuned` (base = its adapter switched off); kl_models maps lambda to a KL-trained model."""
+    `tuned` (base = its adapter switched off); kl_models maps lambda to a KL-trained model.
+
+    paired: take both branches of a step with 0 < gamma < 1 from one network call (None: where the domain's
+    `paired_calls` allows it and the batch is small enough for it to pay, `lib.guidance.pairing_pays`); merged: run
+    tuned-only evaluations (and the tuned rows of a paired call) on the merged network (module docstring). Both need
+    a model whose adapter `lib.lora.LoRAModes` serves; otherwise every branch runs as peft runs it.
+    """
     if m.gamma is not None:  # base, draft, aig, combined: AIG paper Eq. 11 with per-branch guidance
         wb, wt = m.scales or (None, None)
-        timesteps = sampling_timesteps(domain.scheduler, num_steps or domain.num_steps)
-        yield aig(base_branch(domain, tuned, wb), domain.denoiser(tuned, wt), m.gamma, timesteps)
+        n = num_steps or domain.num_steps
+        timesteps = [0] if isinstance(m.gamma, Const) else sampling_timesteps(domain.scheduler, n)  # Const: no clock
+        auto, paired = paired is None, bool(domain.paired_calls) if paired is None else paired
+        with lora_modes(tuned) as modes:
+            if modes is None:
+                yield aig(base_branch(domain, tuned, wb), domain.denoiser(tuned, wt), m.gamma, timesteps)
+                return
+            base = _in_mode(modes, "base", domain.denoiser(tuned, wb))
+            tuned_den = _in_mode(modes, "merged" if merged else "lora", domain.denoiser(tuned, wt))
+            both, pays = None, None
+            if paired:
+                scales = tuple(domain.guidance_scale if w is None else float(w) for w in (wb, wt))
+                both = paired_branches(domain.denoiser(tuned, 1.0), domain.null_cond, scales, modes.both(merged))
+            if paired and auto:  # a branch call's input: x, doubled by classifier-free guidance
+                size, rows = sum(p.numel() for p in tuned.parameters()), 1 if scales[0] == 1.0 else 2
+                pays = lambda x: pairing_pays(size, rows * x.numel(), x.device)  # noqa: E731
+            yield aig(base, tuned_den, m.gamma, timesteps, both, pays)
     elif m.method == "lora_scale":
-        with lora_scale(tuned, float(m.value)):
-            yield domain.denoiser(tuned)
+        with lora_scale(tuned, float(m.value)), lora_modes(tuned) as modes:
+            yield _tuned_only(modes, domain, tuned, merged)
     else:
         if not kl_models or m.value not in kl_models:
             raise KeyError(f"no KL model for lambda={m.value:g}; trained: {sorted(kl_models or {})}")
-        yield domain.denoiser(kl_models[m.value])
+        with lora_modes(kl_models[m.value]) as modes:
+            yield _tuned_only(modes, domain, kl_models[m.value], merged)

@@ -158,9 +158,49 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("dino_diversity", "DinoDiversity ↑", True, "dino"),
     MetricSpec("clip", "CLIP score ↑", True, "clip"),
     MetricSpec("kl", "KL (Σ_t ‖ε_θ−ε_base‖²) ↓", False, "chain"),
+    # ground truth of the miniature SD world (lib.domains.world): what the hidden annotators prefer, which modes
+    # the images are in, whether the prompt is still recognised
+    MetricSpec("true_preference", "true preference ↑", True, "truth"),
+    MetricSpec("true_preference_alt", "true preference, other annotator ↑", True, "truth"),
+    MetricSpec("reward_alt", "other reward ↑", True, "truth"),
+    MetricSpec("prompt_accuracy", "prompt recognised ↑", True, "truth"),
+    MetricSpec("true_coverage", "true mode coverage ↑", True, "truth"),
+    MetricSpec("mode_entropy", "mode entropy (bits) ↑", True, "truth"),
+    MetricSpec("position_entropy", "position entropy (bits) ↑", True, "truth"),
+    MetricSpec("size_entropy", "size entropy (bits) ↑", True, "truth"),
+    MetricSpec("background_entropy", "background entropy (bits) ↑", True, "truth"),
 )}
 FEATURE_METRICS = tuple(m for m, spec in METRICS.items() if spec.needs == "features")
 DIVERSITY_METRICS = (*FEATURE_METRICS, "dino_diversity")
+
+
+TRUTH_METRICS = tuple(m for m, spec in METRICS.items() if spec.needs == "truth")
+
+
+def entropy_bits(labels: np.ndarray | Sequence[int]) -> float:
+    """Entropy in bits of the empirical distribution of integer labels (N,)."""
+    p = np.bincount(np.asarray(labels, dtype=np.int64)) / max(len(labels), 1)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def produced(labels: np.ndarray | Sequence[int], num: int, min_share: float) -> set:
+    """The labels that make up at least `min_share` of the N labels (at least one sample): the modes a set of
+    samples produces."""
+    labels = np.asarray(labels, dtype=np.int64)
+    need = max(1, int(np.ceil(min_share * len(labels) - 1e-9)))
+    counts = np.bincount(labels, minlength=num)
+    return set(np.flatnonzero(counts >= need).tolist())
+
+
+def mode_coverage(ref_modes: np.ndarray | Sequence[int], gen_modes: np.ndarray | Sequence[int], num: int,
+                  min_share: float = 0.02) -> float:
+    """Share of the modes the reference samples produce (lib.metrics.produced) that the generated ones still
+    produce; ref_modes and gen_modes (N,) are integer mode labels of one prompt."""
+    ref = produced(ref_modes, num, min_share)
+    if not ref:
+        return float("nan")
+    return len(ref & produced(gen_modes, num, min_share)) / len(ref)
 
 
 def against_base(name: str, ref, gen, k: int = 10) -> float:

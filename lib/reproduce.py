@@ -1,6 +1,7 @@
 """Batch runner: execute the numbered notebooks with papermill into results/<run>/notebooks/.
 
     python -m lib.reproduce params/<file>.yaml [--only 00,01] [--force] [--accept-hub-changes]
+    python -m lib.reproduce params/<file>.yaml --launcher slurm --partition gpu [--shards 8]   # lib.cluster
 
 Writes results/<run>/config.yaml (resolved parameters), manifest.json (git commit, package versions, start, end and
 status of each stage, and the hub revisions and data-file hashes the stages resolved) and artefacts/<stage>.json:
@@ -9,13 +10,12 @@ finished with the same resolved config, cell code and upstream artefacts (the ea
 logs: executed notebooks, training logs and checkpoints), and every file in its record is still present and matches;
 otherwise it runs again and the log says why. On a fresh clone the records are there but the git-ignored models,
 adapters and samples are not, so the stages that make them run again, and the later ones only if their inputs
-changed. A failing notebook stops the run with its error;
-the executed copy stays for inspection.
+changed. A failing notebook stops the run with its error; the executed copy stays for inspection.
 
-The run folder is locked while the runner writes to it (a second run into it is refused, naming the holder).
-Ctrl-C (SIGINT) or SIGTERM interrupts the running notebook's kernel within seconds, marks the stage "interrupted",
-keeps every finished artefact (all writes are atomic) and exits with 130 (143 for SIGTERM); running the same command
-again resumes (training from its last checkpoint, sampling from its finished sweep points).
+The run folder is locked while the runner writes to it (a second run into it is refused, naming the holder). Ctrl-C
+(SIGINT) or SIGTERM interrupts the running notebook's kernel within seconds, marks the stage "interrupted", keeps
+every finished artefact (all writes are atomic) and exits with 130 (143 for SIGTERM); running the same command again
+resumes (training from its last checkpoint, sampling from its finished sweep points).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from typing import Optional
 
 import yaml
 
+from lib.cluster import add_arguments, launch
 from lib.config import RunConfig, load, to_dict
 from lib.errors import ArtefactError, ConfigError
 from lib.files import (ACCEPT_HUB_ENV, ARTEFACT_LOG, LOCK_NAME, config_hash, read_json, record_files, run_lock,
@@ -45,7 +46,7 @@ PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "diffusers", "tr
             "open_clip_torch", "torch-fidelity", "papermill", "matplotlib", "optuna")
 RECORDS = "artefacts"  # results/<run>/artefacts/<stage>.json
 NOT_RECORDED = {"manifest.json", "config.yaml", LOCK_NAME}  # the runner's own files
-NOT_RECORDED_DIRS = {RECORDS, "cache"}  # records themselves; caches that may be deleted at will
+NOT_RECORDED_DIRS = {RECORDS, "cache", "cluster", "tracking"}  # records; caches; job and tracker logs
 STOP_GRACE = 5.0  # seconds the kernel gets to stop at KeyboardInterrupt before it is killed
 
 
@@ -292,11 +293,10 @@ def _env(name: str, value: Optional[str]):
     try:
         yield
     finally:
-        if value is not None:
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
+        if value is not None and old is None:
+            os.environ.pop(name, None)
+        elif value is not None:
+            os.environ[name] = old
 
 
 def run(params_file: str, only: list[str] | None = None, force: bool = False,
@@ -374,18 +374,22 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; errors are one line on stderr (exit 2), an interruption exits 130 (SIGTERM: 143)."""
     ap = argparse.ArgumentParser(prog="python -m lib.reproduce", description=__doc__.split("\n")[0])
     ap.add_argument("params", help="params/<file>.yaml")
-    ap.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,01")
+    ap.add_argument("--only", type=lambda v: v.split(","), help="comma-separated notebook numbers, e.g. 00,01")
     ap.add_argument("--force", action="store_true", help="re-run stages that are up to date")
     ap.add_argument("--accept-hub-changes", action="store_true",
                     help="accept hub revisions or data files that differ from those the run's manifest records")
+    add_arguments(ap)
     args = ap.parse_args(argv)
     try:
-        root = run(args.params, args.only.split(",") if args.only else None, args.force,
-                   accept_hub_changes=args.accept_hub_changes)
+        if args.launcher:  # training, sampling parts, then the notebooks through `run`, as jobs (lib.cluster)
+            with _signals(), _env(ACCEPT_HUB_ENV, "1" if args.accept_hub_changes else None):
+                root = launch(args, run, [nb.name[:2] for nb in notebooks(args.only)])
+        else:
+            root = run(args.params, args.only, args.force, accept_hub_changes=args.accept_hub_changes)
     except Stopped as e:
         print(f"stopped by {e}", file=sys.stderr)
         return 128 + e.signum
-    except (ConfigError, RuntimeError, OSError) as e:
+    except (ConfigError, RuntimeError, OSError) as e:  # lib.cluster.ClusterError is a RuntimeError
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"results in {root}")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Any, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from lib.config import RunConfig
 from lib.distributed import process_state
+from lib.domains.base import Domain
 from lib.evaluate import evaluate, kl_rows
 from lib.files import atomic_path, run_lock
 from lib.generate import generate, paired_seeds
@@ -23,8 +26,10 @@ from lib.metrics import METRICS
 from lib.pareto import dominance_table
 from lib.runs import RunPaths, make_domain
 from lib.samplers import sample
+from lib.shards import sample_part
 from lib.store import (clear_samples, mark_done, note_reused, read_samples, stamp_of, why_not_done,
                        write_samples)
+from lib.tracking import log_metrics
 from lib.train import TrainConfig, adapter_sha256, is_trained, train, trained_adapter
 
 
@@ -40,18 +45,19 @@ def _lambda(m: Method) -> float:
 
 
 def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True,
-                include_kl: bool = True) -> dict[str, pd.DataFrame]:
+                include_kl: bool = True, lambdas: Optional[Sequence[float]] = None,
+                prepare: bool = True) -> dict[str, pd.DataFrame]:
     """Notebook 01: the domain's preparation (the toy pre-trains its base), then DRaFT and every KL run; returns
-    their step logs."""
+    their step logs. A cluster job (lib.cluster) trains only the runs of `lambdas` (0 = DRaFT), prepare=False."""
     state = process_state()  # one process in a notebook; several under `accelerate launch -m lib.launch`
     with _locked(paths, state):
         domain = make_domain(cfg, paths)
-        if state.is_main_process:
+        if state.is_main_process and prepare:
             domain.prepare(force=force, progress=progress)
         state.wait_for_everyone()
         logs = {}
         for m, tcfg in kl_configs(cfg).items():
-            if m.method == "kl" and not include_kl:
+            if (m.method == "kl" and not include_kl) or (lambdas is not None and _lambda(m) not in lambdas):
                 continue
             out = paths.train(_lambda(m))
             if force or not is_trained(out, tcfg, domain):
@@ -65,7 +71,7 @@ def _locked(paths: RunPaths, state):
     return run_lock(paths.root) if state.is_main_process else contextlib.nullcontext()
 
 
-def load_models(cfg: RunConfig, paths: RunPaths, domain) -> tuple[torch.nn.Module, dict[float, torch.nn.Module]]:
+def load_models(cfg: RunConfig, paths: RunPaths, domain: Domain) -> tuple[torch.nn.Module, dict[float, torch.nn.Module]]:
     """The DRaFT model and the KL models (by lambda) of a trained run."""
     tuned = domain.load_adapter(trained_adapter(paths.train(0.0)))
     kl = {float(m.value): domain.load_adapter(trained_adapter(paths.train(_lambda(m))))
@@ -100,7 +106,7 @@ def _sample(cfg: RunConfig, paths: RunPaths, state, force: bool, progress: bool)
         mine = list(range(state.process_index, len(pairs), state.num_processes))
         for m in tqdm(methods, desc=f"sampling {ps}", disable=not (progress and state.is_main_process)):
             key = f"{ps}/{m.key}"
-            stamp = stamp_of(dataclasses.asdict(cfg.sweep), base, m.label, _model_stamp(shas, m))
+            stamp = _sample_stamp(cfg, base, shas, m)
             calls = "-"
             why = None if force else why_not_done(paths.samples, key, stamp)
             if why and state.is_main_process:
@@ -126,6 +132,39 @@ def _sample(cfg: RunConfig, paths: RunPaths, state, force: bool, progress: bool)
     return pd.DataFrame(rows)
 
 
+def _sample_stamp(cfg: RunConfig, base: dict, shas: dict[float, str], m: Method) -> str:
+    """What a sample set of method m is current with: the sweep, the base model's stamp, the method, its adapters."""
+    return stamp_of(dataclasses.asdict(cfg.sweep), base, m.label, _model_stamp(shas, m))
+
+
+def stage_sample_parts(cfg: RunConfig, paths: RunPaths, units: Sequence[tuple[str, str, int, int]],
+                       force: bool = False) -> pd.DataFrame:
+    """A cluster job's share of notebook 02 (lib.cluster): units (prompt set, method key, part r, parts W), each
+    the r-th of W contiguous batch-aligned runs of the set's pairs (lib.shards: a done part is skipped, the job
+    completing the last part writes done.json). Returns one row per unit with its status."""
+    domain = make_domain(cfg, paths)
+    tuned, kl = load_models(cfg, paths, domain)
+    methods = {m.key: m for m in sweep_methods(cfg.sweep)}
+    base = domain.stamp()
+    shas = {_lambda(m): adapter_sha256(paths.train(_lambda(m))) for m in kl_configs(cfg)}
+    rows = []
+    for ps, key, rank, world in units:
+        m = methods[key]
+        names = domain.prompts(ps)
+        per = cfg.sweep.samples_per_prompt if ps == "coverage" else cfg.sweep.eval_samples_per_prompt
+        pairs = paired_seeds(len(names), per, cfg.sweep.seed_offset)
+
+        def make(mine):
+            with method_denoiser(domain, m, tuned, kl) as den:
+                return generate(domain, den, names, mine, cfg.sweep.batch_size)
+
+        status = sample_part(paths.samples, f"{ps}/{m.key}", _sample_stamp(cfg, base, shas, m), pairs, rank, world,
+                             cfg.sweep.batch_size, make, dict(method=m.method, setting=m.setting, prompt_set=ps,
+                                                              prompts=names), force=force)
+        rows.append(dict(prompt_set=ps, method=m.method, setting=m.setting, part=f"{rank + 1}/{world}", status=status))
+    return pd.DataFrame(rows)
+
+
 def stage_metrics(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     """Notebook 03: metrics.csv (rewards, alignment, diversity against base, chain KL of the fine-tuned models).
     Stored samples are checked against their records and refused when not finite (lib.store.read_samples)."""
@@ -142,6 +181,7 @@ def _metrics(cfg: RunConfig, paths: RunPaths, progress: bool) -> pd.DataFrame:
     df = pd.concat([df, pd.DataFrame(kl_rows(domain, models, cfg.metrics.kl_samples))], ignore_index=True)
     with atomic_path(paths.metrics) as tmp:
         df.to_csv(tmp, index=False)
+    log_metrics(cfg.train.tracker, cfg.run, paths.root / "tracking", df.to_dict("records"))  # off by default
     return df
 
 
@@ -161,7 +201,7 @@ def showcase(cfg: RunConfig) -> list[Method]:
     return out
 
 
-def sample_grid(cfg: RunConfig, paths: RunPaths, per_prompt: int = 200):
+def sample_grid(cfg: RunConfig, paths: RunPaths, per_prompt: int = 200) -> Any:
     """Fig. 2 style grid of the showcase methods' coverage samples, drawn by the domain."""
     domain = make_domain(cfg, paths)
     shown = {}
@@ -172,7 +212,8 @@ def sample_grid(cfg: RunConfig, paths: RunPaths, per_prompt: int = 200):
     return domain.sample_grid(shown)
 
 
-def trajectories(cfg: RunConfig, paths: RunPaths, prompt: int = 0, seeds=range(12), aig_spec: str = "power:2"):
+def trajectories(cfg: RunConfig, paths: RunPaths, prompt: int = 0, seeds: Sequence[int] = range(12),
+                 aig_spec: str = "power:2") -> tuple[Domain, dict[str, np.ndarray]]:
     """Fig. 1 data: x_t along the sampling chain of base, DRaFT and AIG from the same seeds: name -> (steps+1, B, ...)."""
     domain = make_domain(cfg, paths)
     tuned = domain.load_adapter(trained_adapter(paths.train(0.0)))

@@ -29,6 +29,7 @@ from lib.files import atomic_path, config_hash, file_record, mismatch, note_arte
 from lib.guidance import Denoiser
 from lib.lora import adapter_disabled, lora_parameters
 from lib.samplers import predict_x0, renoise, sample
+from lib.tracking import TRACKERS, open_tracker
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,11 @@ class TrainConfig:
     lora_rank: int = 4
     checkpoint_every: int = 50
     seed: int = 0
+    tracker: str = "none"  # also log curves and sweep metrics to: none | tensorboard | wandb | mlflow (lib.tracking)
 
     def __post_init__(self):
         check("train.variant", self.variant, self.variant in ("draft", "lv", "refl"), "one of draft, lv, refl")
+        check("train.tracker", self.tracker, self.tracker in TRACKERS, f"one of {', '.join(TRACKERS)}")
         for key in ("K", "lv_n", "refl_m", "steps", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
             v = getattr(self, key)
             check(f"train.{key}", v, isinstance(v, int) and v >= 1, "an integer >= 1")
@@ -75,6 +78,7 @@ class KLProbe:
         self.total, self.steps = 0.0, 0
 
     def __call__(self, x: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
+        """The tuned model's eps at t, adding the step's KL term (on the differentiated steps or every step)."""
         eps = self.tuned(x, t, cond)
         if self.every_step or torch.is_grad_enabled():
             with torch.no_grad():
@@ -150,6 +154,8 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
     log: list[dict] = []
     start = _resume(out_dir / "checkpoint.pt", key, model, opt, rng, log, state.process_index)
     prompts = domain.prompts("train")
+    tracker = open_tracker(cfg.tracker, run or out_dir.resolve().parent.parent.name, f"train-{out_dir.name}",
+                           out_dir.resolve().parent.parent / "tracking", _settings(cfg), state.is_main_process)
     bar = tqdm(range(start, cfg.steps), desc=f"train {out_dir.name}", disable=not (progress and state.is_main_process),
                initial=start, total=cfg.steps)
     for step in bar:
@@ -171,6 +177,9 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
         for name, value in (("loss", loss), ("reward", reward), ("KL term", kl), ("gradient norm", grad_norm)):
             if not math.isfinite(value):  # the same on every process: stats and gradients are averaged
                 bar.close()
+                if tracker is not None:  # the tracker's curve ends at the diverging step
+                    tracker.log({f"train/{name}": value}, step=step + 1)
+                    tracker.finish()
                 raise TrainingDiverged(
                     f"run {run or out_dir.resolve().parent.parent.name}, training {out_dir.name}: the {name} is {value} "
                     f"at step {step + 1} of {cfg.steps}; stopped before the update, nothing after the last checkpoint "
@@ -179,19 +188,24 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
         opt.step()
         log.append({"step": step + 1, "reward": reward, "kl": kl, "loss": loss, "grad_norm": grad_norm,
                     "seconds": time.perf_counter() - t0})
+        if tracker is not None:
+            tracker.log({"train/reward": reward, "train/KL term": kl, "train/loss": loss, "train/gradient norm":
+                         grad_norm, "train/learning rate": opt.param_groups[0]["lr"]}, step=step + 1)
         bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.2e}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             rngs = gather(rng.get_state(), state)
             if state.is_main_process:  # resumable state, plus the adapter alone in the domain's LoRA format
                 _checkpoint(out_dir / "checkpoint.pt", key, model, opt, rngs, log, step + 1)
                 domain.save_adapter(model, out_dir / "checkpoints" / f"adapter-step{step + 1:06d}.safetensors")
+    if tracker is not None:
+        tracker.finish()
     digests = gather(digest(params), state)
     frame = pd.DataFrame(log)
     if state.is_main_process:
         domain.save_adapter(model, out_dir / "adapter.safetensors")
         with atomic_path(out_dir / "log.csv") as tmp:
             frame.to_csv(tmp, index=False)
-        meta = {"config": asdict(cfg), "hash": key, "processes": state.num_processes, "replica_digests": digests,
+        meta = {"config": _settings(cfg), "hash": key, "processes": state.num_processes, "replica_digests": digests,
                 "files": [file_record(out_dir / name, out_dir) for name in RESULT_FILES]}
         with atomic_path(out_dir / "train.json") as tmp:
             tmp.write_text(json.dumps(meta, indent=1))
@@ -297,6 +311,11 @@ def adapter_sha256(out_dir: Path) -> str:
     return recs["adapter.safetensors"]["sha256"]
 
 
+def _settings(cfg: TrainConfig) -> dict:
+    """The settings that shape the trained adapter: all but the tracker, which only copies the curves elsewhere."""
+    return {k: v for k, v in asdict(cfg).items() if k != "tracker"}
+
+
 def _key(domain: Domain, cfg: TrainConfig) -> str:
     """Hash of the training config and the base model it starts from (the domain's stamp)."""
-    return config_hash({"train": asdict(cfg), "base": domain.stamp()})
+    return config_hash({"train": _settings(cfg), "base": domain.stamp()})

@@ -20,7 +20,7 @@ import torch
 from lib.guidance import Denoiser
 
 # What a domain can compute, named like the `needs` of lib.metrics.METRICS.
-CAPABILITIES = ("reward", "features", "dino", "clip", "chain")
+CAPABILITIES = ("reward", "features", "dino", "clip", "chain", "truth")
 
 
 class Domain(Protocol):
@@ -28,6 +28,8 @@ class Domain(Protocol):
     num_steps: int  # sampling steps used for training and evaluation
     scheduler: Any  # a diffusers scheduler; samplers copy it before stepping
     guidance_scale: float  # the default classifier-free guidance scale of both branches
+    null_cond: Any  # the unconditional row (1, ...) of `cond` that classifier-free guidance uses
+    paired_calls: bool  # AIG's mixed steps as one network call on the stacked batch by default (lib.methods)
 
     @classmethod
     def capabilities(cls, config: Any) -> frozenset[str]:
@@ -78,6 +80,11 @@ class Domain(Protocol):
 
     def clip_scores(self, samples: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
         """CLIP score per sample, 100 * cos(image, text) (N,) (capability 'clip')."""
+
+    def truth(self, samples: torch.Tensor, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Ground truth per sample (capability 'truth', the miniature SD world): name -> (N,) arrays with at least
+        true_preference, true_preference_alt, reward_alt, prompt_ok and the mode labels mode, position, size,
+        background."""
 
     def to_storage(self, samples: torch.Tensor) -> np.ndarray:
         """Samples as stored in notebook 02's shards (uint8 images for SD, float arrays for the toy)."""

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from lib.domains.sd import prompts
 from lib.domains.sd.features import CLIP_MODEL, DINO_MODEL
 from lib.domains.sd.hub import REVISION_KEYS, is_local
 from lib.domains.sd.pipelines import DEFAULT_MODELS, DTYPES, KINDS, PAPER_SAMPLING, check_kind
-from lib.domains.sd.rewards import CLIP_SCORE_MODEL, HPS_REPO, PICKSCORE_MODEL, PICKSCORE_PROCESSOR, REWARDS
+from lib.domains.sd.multi import parse_reward_spec
+from lib.domains.sd.rewards import CLIP_SCORE_MODEL, HPS_REPO, PICKSCORE_MODEL, PICKSCORE_PROCESSOR
+from lib.domains.world.config import world_config
 from lib.errors import check
 
 FEATURE_DIMS = {"inception": 2048, "tiny": 16}  # feature size of the coverage-metric extractors (memory estimate)
@@ -25,7 +27,7 @@ class SDConfig:
     num_steps: int = 25
     guidance_scale: float = 7.5
     resolution: int = 512
-    reward: str = "pickscore"  # see lib.domains.sd.rewards.REWARDS
+    reward: str = "pickscore"  # a name of lib.domains.sd.multi.ALL_REWARDS, or weighted terms "pickscore:10,hpsv2:2"
     reward_path: Optional[str] = None  # local override of the reward weights
     lora_alpha: Optional[float] = None  # None = the rank (LoRA scale 1); the rank is train.lora_rank
     train_prompts: str = "pickapic"
@@ -45,14 +47,28 @@ class SDConfig:
     gradient_checkpointing: bool = False
     autocast: bool = True  # bf16 autocast, only ever on CUDA
     seed: int = 0  # initialisation seed of the tiny pipeline
+    # The miniature SD world (lib.domains.world): with model "world", prepare() builds it (its settings `world:`,
+    # lib.domains.world.config.WorldConfig) into world_dir (default <run>/models/world), and the pipeline, the
+    # rewards (pickscore, hpsv2, clip), the features (world-cnn, dino, clip) and the prompt set "world" default to
+    # its files.
+    world: Optional[Mapping[str, Any]] = None
+    world_dir: Optional[str] = None
+    reward_arch: str = "ViT-H-14"  # open_clip architecture of an HPS checkpoint, or the path of its config JSON
 
     def __post_init__(self):
+        if self.model == "world":
+            world_config(self.world)  # validates sd.world.<key>
+        else:
+            check("sd.world", self.world, self.world is None and self.world_dir is None,
+                  "no world settings (sd.world, sd.world_dir) unless sd.model is 'world'")
         check("sd.kind", self.kind, self.kind in KINDS, " or ".join(KINDS))
         check("sd.dtype", self.dtype, self.dtype in DTYPES, ", ".join(DTYPES))
         check("sd.num_steps", self.num_steps, self.num_steps >= 1, "an integer >= 1")
         check("sd.guidance_scale", self.guidance_scale, self.guidance_scale >= 1, "a number >= 1 (1 = no guidance)")
         check("sd.resolution", self.resolution, self.resolution >= 8 and self.resolution % 8 == 0, "a multiple of 8")
-        check("sd.reward", self.reward, self.reward in REWARDS, ", ".join(REWARDS))
+        spec = parse_reward_spec(self.reward)  # a reward name or weighted terms 'pickscore:10,hpsv2:2'
+        check("sd.reward_path", self.reward_path, self.reward_path is None or len(spec) == 1,
+              "empty for a weighted sd.reward (one override path cannot serve several rewards)")
         check("sd.eval_prompts", self.eval_prompts, len(self.eval_prompts) >= 1, "at least one prompt set")
         check("sd.features", self.features, len(self.features) >= 1, "at least one feature extractor")
         for key in ("train_prompts", "coverage_prompts"):
@@ -69,7 +85,7 @@ class SDConfig:
         """Which revision key governs each hub repository this config may load."""
         repos = {PICKSCORE_MODEL: "reward", HPS_REPO: "reward", PICKSCORE_PROCESSOR: "processor",
                  DINO_MODEL: "dino", CLIP_MODEL: "clip", CLIP_SCORE_MODEL: "clip"}
-        if not self.model.startswith("tiny") and not is_local(self.model):
+        if not self.model.startswith("tiny") and self.model != "world" and not is_local(self.model):
             repos[self.model] = "model"
         if self.reward_path and not is_local(self.reward_path):
             repos[self.reward_path] = "reward"
@@ -96,7 +112,7 @@ class SDConfig:
     def step_bytes(self, training: bool) -> int:
         """The VAE decoder's last activation of one image (128 channels at full resolution; 8 for the tiny VAE),
         twice when kept for backward: a lower bound of what sampling or training one image holds at once."""
-        channels = 8 if self.model.startswith("tiny") else 128
+        channels = 8 if self.model.startswith("tiny") or self.model == "world" else 128
         width = 4 if self.dtype == "float32" else 2
         return channels * self.resolution ** 2 * width * (2 if training else 1)
 

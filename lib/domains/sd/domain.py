@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +24,10 @@ from lib.domains.sd import hub
 from lib.domains.sd.features import extract, load_extractor
 from lib.domains.sd.pipelines import DTYPES, latents_for, load_pipeline, pipeline_class, tiny_pipeline
 from lib.domains.sd.prompts import prompt_set
-from lib.domains.sd.rewards import load_clip_score, load_reward
-from lib.domains.sd.unet import ADAPTER, AdapterUNet, BaseUNet, has_adapter, plain_unet
+from lib.domains.sd.multi import load_one, load_spec
+from lib.domains.sd.rewards import load_clip_score
+from lib.domains.sd.unet import ADAPTER, AdapterUNet, BaseUNet, has_adapter, paired_default, plain_unet
+from lib.domains.world.link import world_of
 from lib.drawing import image_grid, mosaic
 from lib.files import sha256_file
 from lib.guidance import Denoiser, classifier_free
@@ -50,53 +52,86 @@ class SDDomain:
         self.config, self.root = config, Path(root) if root else None
         hub.configure(dict(config.revisions), config.hub_repos(), self.root)  # pinned revisions, recorded commits
         self.device = device_for(device)
+        self.world = world_of(config, self.root)
         if pipe is None and config.model.startswith("tiny"):
             pipe = tiny_pipeline(config.kind, config.seed, config.cache_dir).to(self.device)
             if config.dtype != "float32":
                 pipe = pipe.to(dtype=DTYPES[config.dtype])
-        elif pipe is None:
+        elif pipe is None and self.world is None:
             pipe = load_pipeline(config.model, config.kind, DTYPES[config.dtype], self.device, config.cache_dir)
-        self.pipe = pipe
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-            if m is not None:
-                m.requires_grad_(False)
         self.kind = config.kind
         self.guidance_scale = float(config.guidance_scale)
-        self.scheduler = pipe.scheduler
-        self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self.num_steps = config.num_steps
         self._null: Optional[torch.Tensor] = None
         self._reward = None
         self._extractors: dict[str, torch.nn.Module] = {}
         self._clip = None
         self._vae32 = None
-        self._base = BaseUNet(pipe.unet)
         self._loaded: dict[str, str] = {}  # resolved adapter file -> adapter name in the UNet
+        self._pipe = None
+        if pipe is not None:  # a world's pipeline is loaded on first use, after prepare() has built it
+            self._attach(pipe)
+
+    def _attach(self, pipe) -> None:
+        self._pipe = pipe
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if m is not None:
+                m.requires_grad_(False)
+        self.scheduler = pipe.scheduler
+        self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+        self._base = BaseUNet(pipe.unet)
+
+    @property
+    def pipe(self):
+        """The diffusers pipeline (a world's is loaded here on first use)."""
+        if self._pipe is None:
+            self._attach(self.world.load_pipeline(DTYPES[self.config.dtype], self.device))
+        return self._pipe
+
+    def __getattr__(self, name: str):
+        if name in ("scheduler", "num_train_timesteps", "_base") and self.__dict__.get("world") is not None \
+                and self.__dict__.get("_pipe") is None:
+            self._attach(self.world.load_pipeline(DTYPES[self.config.dtype], self.device))
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def capabilities(cls, config: SDConfig) -> frozenset[str]:
-        """Every metric input: reward, features, DINO embeddings, a CLIP model and the chain KL."""
-        return frozenset({"reward", "features", "dino", "clip", "chain"})
+        """Every metric input: reward, features, DINO embeddings, a CLIP model and the chain KL; and the ground
+        truth ('truth') on a world run with one of the world's preference rewards."""
+        truth = {"truth"} if config.model == "world" and config.reward in ("pickscore", "hpsv2") else set()
+        return frozenset({"reward", "features", "dino", "clip", "chain", *truth})
 
     def prepare(self, force: bool = False, progress: bool = True) -> Optional[dict]:
-        """Nothing to build: the base model is the pipeline (hub or local directory)."""
-        return None
+        """Build the world of a world run (unless a build of the same config verifies); otherwise nothing to build:
+        the base model is the pipeline (hub or local directory)."""
+        return None if self.world is None else self.world.prepare(force=force, progress=progress)
 
     def stamp(self) -> dict:
-        """Model id (and the sha256 of a local directory's weights), kind and sampler settings."""
+        """Model id (and the sha256 of a local directory's weights, or the world's key and weights), kind and
+        sampler settings."""
         c = self.config
         model = Path(c.model)
         weights = {str(f.relative_to(model)): sha256_file(f) for f in sorted(model.rglob("*.safetensors"))} \
             if model.is_dir() else None
+        world = {"world": self.world.stamp()} if self.world is not None else {}
         return {"domain": self.name, "model": c.model, "kind": c.kind, "weights": weights, "dtype": c.dtype,
                 "resolution": c.resolution, "num_steps": c.num_steps, "guidance_scale": c.guidance_scale,
-                "seed": c.seed if c.model.startswith("tiny") else None}
+                "seed": c.seed if c.model.startswith("tiny") else None, **world}
+
+    def truth(self, samples: torch.Tensor, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Ground truth of a world run per image (N,): true preferences, modes, prompt recognised (World.truth)."""
+        if self.world is None:
+            raise ValueError("ground truth exists only on a world run (sd.model: world)")
+        return self.world.truth(samples, prompts, self.config.reward)
 
     # --- conditions -------------------------------------------------------------------------------------------
     def prompts(self, split: str) -> list[str]:
         """'train', 'eval' (the first eval set), 'coverage', or any lib.domains.sd.prompts set name."""
         name = {"train": self.config.train_prompts, "eval": self.config.eval_prompts[0],
                 "coverage": self.config.coverage_prompts}.get(split, split)
+        if self.world is not None and self.world.prompts(name) is not None:
+            return self.world.prompts(name)
         family = name.split(":")[0]
         paths = self.config.prompt_paths  # exact set name first; coverage is drawn from the PartiPrompts file
         path = paths.get(name) or paths.get("partiprompts" if family == "coverage" else family)
@@ -159,6 +194,11 @@ class SDDomain:
         with self._autocast():
             out = model(x.to(model.dtype), t, **kwargs, return_dict=False)[0]
         return out.float()
+
+    @property
+    def paired_calls(self) -> bool:
+        """Whether one UNet call on the stacked batch can pay for this UNet (per batch lib.guidance.pairing_pays decides)."""
+        return paired_default(self.pipe.unet)
 
     def denoiser(self, model: torch.nn.Module, scale: Optional[float] = None) -> Denoiser:
         """(x, t, cond) -> eps of `model` with classifier-free guidance at `scale` (None: sd.guidance_scale)."""
@@ -279,10 +319,13 @@ class SDDomain:
 
     @property
     def reward_model(self):
-        """The configured reward network (loaded on first use)."""
+        """The configured reward network (loaded on first use); a weighted spec sums its parts (lib.domains.sd.multi)."""
         if self._reward is None:
-            self._reward = load_reward(self.config.reward, self.config.reward_path, device=self.device,
-                                       cache_dir=self.config.cache_dir)
+            c, w = self.config, self.world
+            arch = w.reward_arch() if w is not None and c.reward_arch == "ViT-H-14" else c.reward_arch
+            self._reward = load_spec(c.reward, lambda name: load_one(
+                name, path=c.reward_path or (w.reward_path(name) if w is not None else None), device=self.device,
+                cache_dir=c.cache_dir, arch=arch))
         return self._reward
 
     def reward(self, samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -294,9 +337,14 @@ class SDDomain:
         """A feature extractor of lib.domains.sd.features by name (default: the first configured), loaded once."""
         name = name or self.config.features[0]
         if name not in self._extractors:
-            self._extractors[name] = load_extractor(name, self.config.feature_paths.get(name), self.device,
+            self._extractors[name] = load_extractor(name, self._feature_path(name), self.device,
                                                     self.config.cache_dir)
         return self._extractors[name]
+
+    def _feature_path(self, name: str) -> Optional[str]:
+        """feature_paths[name], else the world's file of that extractor (world runs), else None (the hub)."""
+        path = self.config.feature_paths.get(name)
+        return path if path or self.world is None else self.world.feature_path(name)
 
     def features(self, samples: torch.Tensor, name: Optional[str] = None) -> np.ndarray:
         """Feature vectors (N, D) of images (N, 3, H, W) in [0, 1] for the coverage metrics."""
@@ -309,7 +357,7 @@ class SDDomain:
     def clip_scores(self, samples: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
         """CLIP score 100 * cos(image, text) per image (N,) with the model sd.clip (lib.metrics.clip_score)."""
         if self._clip is None:
-            self._clip = load_clip_score(self.config.clip, self.config.feature_paths.get(self.config.clip),
+            self._clip = load_clip_score(self.config.clip, self._feature_path(self.config.clip),
                                          device=self.device, cache_dir=self.config.cache_dir)
         with torch.no_grad():
             return self._clip(samples.to(self.device), list(prompts)).double().cpu().numpy()

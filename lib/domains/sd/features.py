@@ -3,6 +3,8 @@
 - `inception`: torch-fidelity's InceptionV3 pool3 (2048-d; the AIG paper's FID / recall / SCD / LSCD features).
 - `dino`: transformers `facebook/dino-vits16`, CLS token (DinoDiversity, ImageReFL).
 - `clip`: CLIP image embeddings (transformers CLIPModel, projected).
+- `world-cnn`: the miniature SD world's small CNN (lib.domains.world), trained there on shape and colour labels: a
+  local folder with config.json + model.safetensors; its pooled features stand in for Inception pool3.
 - `tiny`, `tiny-dino`: small random networks for offline tests; any nn.Module mapping images to (B, D) works.
 
 Every extractor maps float images (B, 3, H, W) in [0, 1] to features (B, D). `extract` batches, accepts uint8
@@ -28,7 +30,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_MODEL = "facebook/dino-vits16"
 CLIP_MODEL = "openai/clip-vit-large-patch14"
-EXTRACTORS = ("inception", "dino", "clip", "tiny", "tiny-dino")
+EXTRACTORS = ("inception", "dino", "clip", "world-cnn", "tiny", "tiny-dino")
 
 
 def _resize(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
@@ -96,6 +98,60 @@ class TinyFeatures(torch.nn.Module):
         return self.net(images.float() * 2 - 1)
 
 
+class WorldCNN(torch.nn.Module):
+    """A small CNN over (B, 3, image_size, image_size) images in [0, 1]: pooled features (B, 2 * width) (forward),
+    and logits of the shape and colour classes (`classify`). Saved as config.json + model.safetensors."""
+
+    def __init__(self, width: int = 32, num_shapes: int = 4, num_colours: int = 4, image_size: int = 32):
+        super().__init__()
+        self.config = dict(width=width, num_shapes=num_shapes, num_colours=num_colours, image_size=image_size)
+        w, nn = width, torch.nn
+
+        def block(cin, cout, stride):
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+
+        self.body = nn.Sequential(*block(3, w, 1), *block(w, w, 2), *block(w, 2 * w, 2), *block(2 * w, 2 * w, 1),
+                                  *block(2 * w, 2 * w, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.shape_head = nn.Linear(2 * w, num_shapes)
+        self.colour_head = nn.Linear(2 * w, num_colours)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, 2 * width)."""
+        s = self.config["image_size"]
+        x = images.float()
+        if tuple(x.shape[-2:]) != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return self.body(x * 2 - 1)
+
+    def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shape logits (B, num_shapes), colour logits (B, num_colours))."""
+        f = self(images)
+        return self.shape_head(f), self.colour_head(f)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors into folder."""
+        import json
+
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(self.config))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "WorldCNN":
+        """The CNN stored in folder by `save` (strict)."""
+        import json
+
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        m = cls(**json.loads((folder / "config.json").read_text()))
+        m.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        return m
+
+
 def tiny_dino(seed: int = 0) -> DinoCLS:
     """DinoCLS over a tiny random ViTModel (offline)."""
     from transformers import ViTConfig, ViTModel
@@ -121,6 +177,10 @@ def load_extractor(name: str, path: Optional[str] = None, device="cpu", cache_di
 
         m = CLIPImageEmbedding(hub_load(CLIPModel.from_pretrained, path or CLIP_MODEL, "CLIP model",
                                     "feature_paths['clip']", cache_dir=cache_dir))
+    elif name == "world-cnn":
+        if path is None:
+            raise ValueError("the world-cnn extractor needs the folder of a world's CNN (feature_paths['world-cnn'])")
+        m = WorldCNN.load(path)
     elif name == "tiny":
         m = TinyFeatures()
     elif name == "tiny-dino":

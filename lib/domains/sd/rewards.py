@@ -117,7 +117,8 @@ class _HFClip(Reward):
             raise ValueError(f"{self.name}: {images.shape[0]} images but {len(prompts)} prompts")
         p = _param(self.model)
         pix = clip_preprocess(images, self.image_size).to(p.dtype)  # (B, 3, 224, 224)
-        tok = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True,
+        length = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77), 77)  # 77 for the real CLIPs
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt").to(p.device)
         with torch.no_grad():
             txt = pooled(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
@@ -187,11 +188,14 @@ class RotationalAntiCorrelation(Reward):
 # ------------------------------------------------------------------------------------------------------ loaders
 def load_pickscore(path: Optional[str] = None, processor_path: Optional[str] = None, device="cpu",
                    dtype=torch.float32, cache_dir=None) -> PickScore:
-    """PickScore_v1 (transformers CLIPModel) with the laion ViT-H-14 tokenizer; local paths override the hub."""
+    """PickScore_v1 (transformers CLIPModel) with the laion ViT-H-14 tokenizer; local paths override the hub. A local
+    model directory that holds its own tokenizer files (a model trained here) is read with that tokenizer."""
     from transformers import AutoTokenizer, CLIPModel
 
     model = hub_load(CLIPModel.from_pretrained, path or PICKSCORE_MODEL, "PickScore model", "reward_path",
                  dtype=dtype, cache_dir=cache_dir)
+    if processor_path is None and path is not None and has_tokenizer(path):
+        processor_path = path
     tok = hub_load(AutoTokenizer.from_pretrained, processor_path or PICKSCORE_PROCESSOR, "PickScore tokenizer",
                "processor_path", cache_dir=cache_dir)
     return PickScore(model.to(device), tok)
@@ -210,9 +214,29 @@ def load_clip_score(name: str = "clip", path: Optional[str] = None, device="cpu"
     return CLIPScore(model.to(device), tok)
 
 
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether a local directory holds tokenizer files (tokenizer.json, or vocab.json + merges.txt)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "tokenizer.json").is_file() or (p / "vocab.json").is_file())
+
+
+def open_clip_arch(arch: str) -> str:
+    """An open_clip architecture name; a path to a model-config JSON is registered with open_clip first (its name
+    is the file's stem), so models trained here load like the named ones."""
+    import open_clip
+
+    if arch.endswith(".json"):
+        if not Path(arch).is_file():
+            raise FileNotFoundError(f"open_clip model config {arch} does not exist (sd.reward_arch)")
+        open_clip.add_model_config(arch)
+        return Path(arch).stem
+    return arch
+
+
 def load_hps(version: str = "hpsv2", path: Optional[str] = None, device="cpu", dtype=torch.float32,
-             cache_dir=None) -> HPS:
-    """HPSv2 / v2.1: open_clip ViT-H-14 (pretrained=None) + the xswu/HPSv2 checkpoint's state_dict (strict)."""
+             cache_dir=None, arch: str = "ViT-H-14") -> HPS:
+    """HPSv2 / v2.1: open_clip ViT-H-14 (pretrained=None) + the xswu/HPSv2 checkpoint's state_dict (strict);
+    `arch` names another open_clip architecture or the path of its model-config JSON."""
     import open_clip
 
     if version not in HPS_FILES:
@@ -222,9 +246,10 @@ def load_hps(version: str = "hpsv2", path: Optional[str] = None, device="cpu", d
 
         path = hub_load(lambda repo, **kw: hf_hub_download(repo, HPS_FILES[version], **kw), HPS_REPO,
                     f"HPS checkpoint {HPS_FILES[version]}", "reward_path", cache_dir=cache_dir)
-    model = open_clip.create_model("ViT-H-14", pretrained=None)
+    name = open_clip_arch(arch)
+    model = open_clip.create_model(name, pretrained=None)
     load_hps_checkpoint(model, path)
-    return HPS(model.to(device=device, dtype=dtype), open_clip.get_tokenizer("ViT-H-14"), version)
+    return HPS(model.to(device=device, dtype=dtype), open_clip.get_tokenizer(name), version)
 
 
 def load_hps_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -291,12 +316,13 @@ def tiny_reward(name: str, seed: int = 0, path: Optional[str] = None, cache_dir=
 
 
 def load_reward(name: str, path: Optional[str] = None, device="cpu", dtype=torch.float32,
-                cache_dir=None) -> Reward:
-    """A reward by name (see REWARDS); `path` is the local override of the reward network's weights."""
+                cache_dir=None, arch: str = "ViT-H-14") -> Reward:
+    """A reward by name (see REWARDS); `path` is the local override of the reward network's weights, `arch` the
+    open_clip architecture of an HPS checkpoint (a name, or the path of a model-config JSON)."""
     if name == "pickscore":
         return load_pickscore(path, device=device, dtype=dtype, cache_dir=cache_dir)
     if name in HPS_FILES:
-        return load_hps(name, path, device=device, dtype=dtype, cache_dir=cache_dir)
+        return load_hps(name, path, device=device, dtype=dtype, cache_dir=cache_dir, arch=arch)
     if name == "clip":
         return load_clip_score("clip", path, device=device, dtype=dtype, cache_dir=cache_dir)
     if name == "anticorrelation":
