@@ -146,3 +146,20 @@ def test_build_keys_keep_old_worlds_and_rebuild_only_what_a_setting_changes():
     assert key_of(hardened) != old and key_of(hardened, "pickscore") != old and key_of(hardened, "hpsv2") != old
     assert all(key_of(hardened, s) == old for s in ("data", "clip", "cnn", "dino", "vae", "unet", "check"))
     assert key_of(WorldConfig(unet_steps=5), "unet") != old
+
+
+def test_position_pull_favours_the_bottom_right_quadrant_and_rebuilds_only_pickscore(data):
+    """sd.world.position_pull: annotator A's extra utility is `position_pull` at the bottom-right quadrant's centre,
+    falling to 0 half a side away (the top-left quadrant gets none, the two beside it a little through the objects'
+    jitter); only the PickScore stage (trained on A's pairs) and the world's key change."""
+    r = A.read(data.images, data.labels.shape)
+    gain = A.utility(r, "pickscore", 32, position_pull=1.0) - A.utility(r, "pickscore", 32)
+    bottom_right = data.labels.position == 3
+    assert gain[bottom_right].min() > 0.75 and gain.max() <= 1.0 and gain.min() >= 0
+    assert np.allclose(gain[data.labels.position == 0], 0) and gain[~bottom_right].max() < 0.3
+    assert np.array_equal(A.utility(r, "hpsv2", 32, position_pull=1.0), A.utility(r, "hpsv2", 32))
+    pulled, old = WorldConfig(position_pull=1.0), key_of(CFG)
+    assert key_of(pulled) != old and key_of(pulled, "pickscore") != key_of(CFG, "pickscore")
+    assert all(key_of(pulled, s) == old for s in ("data", "clip", "cnn", "dino", "vae", "unet", "hpsv2", "check"))
+    with pytest.raises(ConfigError, match="sd.world.position_pull"):
+        world_config({"position_pull": -1})

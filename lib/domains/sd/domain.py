@@ -337,8 +337,7 @@ class SDDomain:
         """A feature extractor of lib.domains.sd.features by name (default: the first configured), loaded once."""
         name = name or self.config.features[0]
         if name not in self._extractors:
-            self._extractors[name] = load_extractor(name, self._feature_path(name), self.device,
-                                                    self.config.cache_dir)
+            self._extractors[name] = load_extractor(name, self._feature_path(name), self.device, self.config.cache_dir)
         return self._extractors[name]
 
     def _feature_path(self, name: str) -> Optional[str]:

@@ -10,7 +10,8 @@ flat regions, large for textures and noise).
 The annotators are closed-form utilities over these measurements with the structure of the AIG paper's regime:
 a stylistic improvement reachable close to every mode (the assumption of A.5) plus a pull toward one mode, decided
 early in the sampling chain, so that maximising the expected utility collapses the modes (Lemma 1):
-- "pickscore" (annotator A): vivid objects (saturated, bright); pulled toward a dark background and a large object.
+- "pickscore" (annotator A): vivid objects (saturated, bright); pulled toward a dark background and a large object,
+  and (`position_pull` > 0, sd.world.position_pull) toward the bottom-right quadrant.
 - "hpsv2" (annotator B): soft objects (pastel, lit from the top left); pulled toward the top-left quadrant.
 The rim is a style variable neither annotator cares about.
 Both saturate at the top of the data's style ranges and penalise artifacts, so a reward model that extrapolates
@@ -137,24 +138,30 @@ def read(images: torch.Tensor | np.ndarray, shapes: Sequence[int]) -> Reading:
                       for k, v in out.items()})
 
 
-def utility(r: Reading, annotator: str, res: int) -> np.ndarray:
-    """The annotator's true preference (N,) of measured images (higher is better; see the module docstring)."""
+def _near(r: Reading, centre: float, res: int) -> np.ndarray:
+    """1 at the quadrant centre (centre, centre) (a fraction of the side), falling linearly to 0 half a side away."""
+    dist = np.hypot(r.cx - centre * res, r.cy - centre * res) / res
+    return np.clip(1 - 2 * dist, 0, 1)
+
+
+def utility(r: Reading, annotator: str, res: int, position_pull: float = 0.0) -> np.ndarray:
+    """The annotator's true preference (N,) of measured images (higher is better; see the module docstring);
+    `position_pull` is annotator A's weight on the bottom-right quadrant (WorldConfig.position_pull)."""
     sat = np.clip(r.saturation, SAT_RANGE[0], SAT_RANGE[1])  # the style terms saturate at the data's range
     value = np.clip(r.value, 0, VAL_RANGE[1])
     shade = np.clip(r.shading, 0, 0.3)
     penalty = 12.0 * np.clip(r.artifact - 0.04, 0, None) + 2.0 * r.empty
     if annotator == "pickscore":
-        pull = 0.9 * (1 - r.bg_luminance) + 0.5 * np.clip(r.area_ratio, 0, 1)
+        pull = 0.9 * (1 - r.bg_luminance) + 0.5 * np.clip(r.area_ratio, 0, 1) + position_pull * _near(r, CENTRES[1], res)
         return 4.0 * sat + 3.0 * value + pull - penalty
     if annotator == "hpsv2":
-        target = CENTRES[0] * res
-        dist = np.hypot(r.cx - target, r.cy - target) / res
-        return 5.0 * shade + 2.5 * (SAT_RANGE[1] - sat) + 0.8 * np.clip(1 - 2 * dist, 0, 1) - penalty
+        return 5.0 * shade + 2.5 * (SAT_RANGE[1] - sat) + 0.8 * _near(r, CENTRES[0], res) - penalty
     raise ValueError(f"unknown annotator {annotator!r}; allowed: {', '.join(ANNOTATORS)}")
 
 
-def truth(images: torch.Tensor | np.ndarray, shapes: Sequence[int], annotator: str) -> dict[str, np.ndarray]:
+def truth(images: torch.Tensor | np.ndarray, shapes: Sequence[int], annotator: str,
+          position_pull: float = 0.0) -> dict[str, np.ndarray]:
     """Per-image ground truth: the annotator's preference, mode label and its parts, (N,) each."""
     r = read(images, shapes)
-    return {"true_preference": utility(r, annotator, int(images.shape[-1])), "mode": r.mode,
+    return {"true_preference": utility(r, annotator, int(images.shape[-1]), position_pull), "mode": r.mode,
             "position": r.position, "size": r.size, "background": r.background, "empty": r.empty}

@@ -51,6 +51,9 @@ class WorldConfig:
     # share of the pair images whose background is moved a uniform fraction of the way toward the other one
     # (hardening: the rewards see the continuum between the two backgrounds, which the annotators score)
     bt_background_mix: float = 0.0
+    # annotator A's pull toward the bottom-right quadrant (utility at the quadrant's centre, falling to 0 half a side
+    # away): a pull on position, which the sampler decides in its first steps (the pose of the AIG paper's Fig. 2)
+    position_pull: float = 0.0
     hps_width: int = 64  # open_clip CLIP of the second reward
     hps_steps: int = 400  # its contrastive pre-training steps (then bt_steps of Bradley-Terry)
     # --- metric features
@@ -95,6 +98,7 @@ class WorldConfig:
         check("sd.world.bt_noise", self.bt_noise, 0 <= self.bt_noise < 0.5, "in [0, 0.5)")
         check("sd.world.bt_background_mix", self.bt_background_mix, 0 <= self.bt_background_mix <= 1,
               "a share in [0, 1]")
+        check("sd.world.position_pull", self.position_pull, 0 <= self.position_pull <= 5, "a number in [0, 5]")
         check("sd.world.cond_dropout", self.cond_dropout, 0 <= self.cond_dropout < 1, "in [0, 1)")
         check("sd.world.processes", self.processes, self.processes in (1, 2, 3, 4), "1 to 4")
         check("sd.world.unet_batch", self.unet_batch, self.unet_batch % self.processes == 0,

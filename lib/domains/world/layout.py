@@ -73,21 +73,23 @@ class WorldPaths:
 
 # Settings added after BUILD_VERSION 1, with the value that builds what version 1 built: left out of the key at that
 # value, so a world built before they existed still verifies.
-ADDED = {"bt_background_mix": 0.0}
+ADDED = {"bt_background_mix": 0.0, "position_pull": 0.0}
 # Settings only the preference rewards read: the other stages' keys leave them out, so a change of a reward setting
 # rebuilds the rewards alone (not the data, CLIP, features, VAE, UNet or the check).
 REWARD_SETTINGS = ("bt_pairs", "bt_steps", "bt_batch", "bt_lr", "bt_temperature", "bt_noise", "bt_background_mix",
                    "hps_width", "hps_steps")
 REWARD_STAGES = ("pickscore", "hpsv2")
+# The stages that read each such setting (annotator A's pull: only the reward trained on A's pairs).
+READ_BY = {**{k: REWARD_STAGES for k in REWARD_SETTINGS}, "position_pull": ("pickscore",)}
 
 
 def key_of(cfg: WorldConfig, stage: Optional[str] = None) -> str:
     """The build key of the whole world (stage None: the world config and the build version), or of one stage: the
-    same without the reward settings unless the stage is a reward (REWARD_SETTINGS)."""
+    same with the settings that stage does not read (READ_BY) at their defaults."""
     data = cfg.to_dict()
-    if stage is not None and stage not in REWARD_STAGES:
+    if stage is not None:
         defaults = WorldConfig().to_dict()
-        data.update({k: defaults[k] for k in REWARD_SETTINGS})
+        data.update({k: defaults[k] for k, readers in READ_BY.items() if stage not in readers})
     for k, v in ADDED.items():
         if data[k] == v:
             del data[k]

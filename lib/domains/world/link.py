@@ -101,8 +101,9 @@ class World:
             alt = self.alt_reward(reward, x.device)(x, list(prompts)).float().cpu().numpy()
         ok = (ls.argmax(1).cpu().numpy() == np.array(shapes)) & \
              (lc.argmax(1).cpu().numpy() == np.array([colour_of(p) for p in prompts]))
-        return {"true_preference": A.utility(r, REWARD_OF[reward], res),
-                "true_preference_alt": A.utility(r, OTHER[reward], res), "reward_alt": alt.astype(np.float64),
+        pull = self.cfg.position_pull
+        return {"true_preference": A.utility(r, REWARD_OF[reward], res, pull),
+                "true_preference_alt": A.utility(r, OTHER[reward], res, pull), "reward_alt": alt.astype(np.float64),
                 "mode": r.mode, "position": r.position, "size": r.size, "background": r.background,
                 "prompt_ok": ok.astype(np.float64)}
 

@@ -82,7 +82,7 @@ def make_pairs(cfg: WorldConfig, annotator: str, n: int, seed: int, vae: Optiona
         x[sel] = corrupt(x[sel], rng)
         imgs.append(x)
     shape_ids = np.array([shape_of(cfg.prompts[j]) for j in prompt])
-    ua, ub = (utility(read(x, shape_ids), annotator, cfg.resolution) for x in imgs)
+    ua, ub = (utility(read(x, shape_ids), annotator, cfg.resolution, cfg.position_pull) for x in imgs)
     p = 1 / (1 + np.exp(-(ua - ub) / cfg.bt_temperature))
     return Pairs(imgs[0], imgs[1], prompt, ua, ub, (rng.random(n) < p).astype(np.int64))
 
