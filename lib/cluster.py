@@ -5,7 +5,7 @@
 
 The units (`plan`) and what each job runs (`run_unit`, the stage functions of lib.stages):
   1. prepare            the domain's preparation (the toy pre-trains its base, the miniature world is built)
-  2. train <lambda>     each training run, DRaFT (lambda = 0) and every KL run      after 1
+  2. train <name>       each training run: DRaFT, every KL run, every extra training of sweep.adapters   after 1
   3. sample <units>     `per_job` sampling parts (prompt set, method, part r of `shards`)   after all of 2
   4. notebooks          the numbered notebooks through the runner (lib.reproduce): 01 and 02 find the jobs' work
                         done and show it, 03 computes metrics.csv, 04-05 draw                after all of 3
@@ -36,7 +36,7 @@ from lib.errors import ConfigError, check
 from lib.files import LOCK_ENV, run_lock
 from lib.methods import sweep_methods
 from lib.runs import make_domain, repo_path, run_paths
-from lib.stages import _lambda, kl_configs, stage_sample_parts, stage_train
+from lib.stages import stage_sample_parts, stage_train, trainings
 
 LAUNCHERS = ("local", "slurm")
 
@@ -78,8 +78,7 @@ class Unit:
 
 def plan(cfg: RunConfig, shards: int = 1, per_job: int = 1) -> list[list[Unit]]:
     """The sweep's layers of units; each layer runs after the whole layer before it."""
-    train = [Unit("train", "train-draft" if lam == 0 else f"train-kl{lam:g}", lam)
-             for lam in (_lambda(m) for m in kl_configs(cfg))]
+    train = [Unit("train", "train-" + name.replace("kl_lambda-", "kl"), name) for name in trainings(cfg)]
     parts = [(ps, m.key, r, shards) for ps in cfg.sweep.prompt_sets for m in sweep_methods(cfg.sweep)
              for r in range(shards)]
     groups = [parts[i: i + per_job] for i in range(0, len(parts), per_job)]
@@ -98,8 +97,8 @@ def run_unit(kind: str, params_file: str, root: str, payload: Any, force: bool) 
         info = make_domain(cfg, paths).prepare(force=force, progress=False)
         return "prepared" if info else "already prepared"
     if kind == "train":
-        stage_train(cfg, paths, force=force, progress=False, lambdas=[payload], prepare=False)
-        return f"trained lambda={payload:g}"
+        stage_train(cfg, paths, force=force, progress=False, names=[payload], prepare=False)
+        return f"trained {payload}"
     if kind == "sample":
         return stage_sample_parts(cfg, paths, list(payload), force=force).to_dict("records")
     raise ValueError(f"unknown unit kind {kind!r}")

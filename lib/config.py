@@ -23,13 +23,15 @@ from typing import Any
 
 import yaml
 
+from lib.adapters import check_references
 from lib.domains.registry import DOMAINS, entry
 from lib.errors import ConfigError, check, plain_name
 from lib.evaluate import MetricsConfig
 from lib.limits import check_device, check_memory, coverage_size
-from lib.methods import SweepConfig
+from lib.methods import SweepConfig, sweep_methods
 from lib.metrics import METRICS
 from lib.search.space import SearchConfig
+from lib.tables import check_settings
 from lib.train import TrainConfig
 
 SECTIONS = {"train": TrainConfig, "sweep": SweepConfig, "metrics": MetricsConfig, "search": SearchConfig}
@@ -83,6 +85,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         check(key, value, isinstance(value, bool), "true or false")
         return value
+    if dataclasses.is_dataclass(hint):  # a nested section such as sweep.lora_mix
+        return value if isinstance(value, hint) else build(hint, value, prefix=key + ".")
+    if hint is dict or origin is dict:
+        check(key, value, isinstance(value, dict) and all(isinstance(k, str) for k in value), "a mapping")
+        return {k: _coerce(f"{key}.{k}", v, dict) if isinstance(v, dict) else v for k, v in value.items()}
     return value
 
 
@@ -96,6 +103,36 @@ def build(cls: type, data: dict, prefix: str = "") -> Any:
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]} = {data[unknown[0]]!r}; allowed keys: {', '.join(fields)}")
     return cls(**{k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()})
+
+
+def named_training(cfg: RunConfig, name: str) -> tuple[TrainConfig, Any]:
+    """The training config and the domain settings of the extra training `name` of sweep.adapters: DRaFT's train:
+    (lambda = 0) with the keys it changes (checked as train: keys are), and the domain's settings with `reward` replaced where it sets one
+    (only for a domain with a reward setting)."""
+    key = f"sweep.adapters.{name}"
+    over = dict(cfg.sweep.adapters[name] or {})
+    dom = cfg.domain_config
+    reward = over.pop("reward", None)
+    hints = typing.get_type_hints(TrainConfig)
+    allowed = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(over) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]} = {over[unknown[0]]!r}; allowed keys: reward (the "
+                          f"domain's reward setting), {', '.join(allowed)}")
+    changed = {"kl_lambda": 0.0, **{k: _coerce(f"{key}.{k}", v, hints[k]) for k, v in over.items()}}
+    try:  # from DRaFT's config (lambda = 0) unless it sets kl_lambda
+        train = dataclasses.replace(cfg.train, **changed)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if reward is not None:
+        if "reward" not in {f.name for f in dataclasses.fields(dom)}:
+            raise ConfigError(f"{key}.reward = {reward!r} is not allowed: domain {cfg.domain!r} has one fixed reward "
+                              f"(no `{cfg.section}.reward` setting); train the adapter with other train: keys instead")
+        try:
+            dom = dataclasses.replace(dom, reward=_coerce(f"{key}.reward", reward, str))
+        except ConfigError as e:
+            raise ConfigError(f"{key}.reward: {e}") from None
+    return train, dom
 
 
 def _check_metrics(cfg: RunConfig) -> None:
@@ -130,6 +167,10 @@ def _check_run(cfg: RunConfig) -> None:
                 "sweep.kl_lambdas": sw.kl_lambdas}
     check(", ".join(families), "[]", any(families.values()),
           "at least one setting between base and DRaFT (a sweep of base and DRaFT alone has no trade-off to show)")
+    check_references(sw.adapters, sw.lora_mix, sw.tuned)
+    for name in sw.adapters:
+        named_training(cfg, name)
+    check_settings(cfg.metrics.table, sweep_methods(sw))
     n = coverage_size(cfg)
     if n is not None and {"precision", "recall"} & set(cfg.metrics.diversity):
         check("metrics.k", cfg.metrics.k, cfg.metrics.k < n,

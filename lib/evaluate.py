@@ -5,7 +5,7 @@ defined). Metrics come from the one table `lib.metrics.METRICS`:
 - reward (every prompt set): mean over samples, t-interval;
 - clip (every prompt set, `metrics.alignment`): CLIP score 100 * cos per sample (`lib.metrics.clip_score`);
 - fid, precision, recall, scd, lscd (coverage set): each method's features against the base model's, paired seed
-  for seed (Eq. 12-14);
+  for seed (Eq. 12-14); interval from `metrics.ci_draws` random halves of the seeds (`lib.metrics.half_sample_ci`);
 - dino_diversity (every prompt set with >= 2 samples per prompt): 1 - mean pairwise cosine within a prompt
   (`lib.metrics.pairwise_diversity`), averaged over prompts; interval and n over prompts;
 - kl: the chain KL of each fine-tuned model (Fig. 3a);
@@ -16,7 +16,7 @@ defined). Metrics come from the one table `lib.metrics.METRICS`:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,6 +31,7 @@ from lib.generate import generate
 from lib.methods import Method, method_denoiser
 from lib.samplers import sample
 from lib.store import read_samples
+from lib.tables import TableConfig
 from lib.train import KLProbe, base_branch
 
 MODE_SHARE = 0.02  # a mode counts as produced by a set of samples of one prompt when it holds >= 2 % of them
@@ -50,9 +51,12 @@ class MetricsConfig:
     alignment: tuple[str, ...] = ()  # "clip": the CLIP score of every prompt set (Fig. 21-24)
     kl_samples: int = 64  # trajectories per prompt for the reward-KL plot (Fig. 3a)
     truth: tuple[str, ...] = ()  # ground-truth metrics (needs 'truth': the miniature SD world), lib.metrics.TRUTH_METRICS
+    table: TableConfig = field(default_factory=TableConfig)  # how notebook 04's Table 1 picks a setting per row
+    ci_draws: int = 20  # seed half-samples behind the intervals of fid, precision, recall, scd, lscd (0: none)
 
     def __post_init__(self):
         check("metrics.k", self.k, self.k >= 1, "an integer >= 1")
+        check("metrics.ci_draws", self.ci_draws, self.ci_draws == 0 or self.ci_draws >= 2, "0 (none) or an integer >= 2")
         for m in self.diversity:
             check("metrics.diversity", m, m in M.DIVERSITY_METRICS, "any of " + ", ".join(M.DIVERSITY_METRICS))
         for m in self.alignment:
@@ -122,9 +126,10 @@ def truth_rows(m: Method, prompt_set: str, t: dict, prompt_idx: np.ndarray, name
 def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, prompt_idx: np.ndarray,
                 ref_features: np.ndarray | None, names: Sequence[str], k: int, batch: int,
                 features: np.ndarray | None = None, ref_truth: tuple[dict, np.ndarray] | None = None,
-                truth: dict | None = None) -> list[dict]:
+                truth: dict | None = None, ci_draws: int = 0) -> list[dict]:
     """The rows of one method on one prompt set: reward, then every metric in `names` that applies (feature
-    metrics only with `ref_features`, the base model's; `features` of x when already computed; ground-truth
+    metrics only with `ref_features`, the base model's, with intervals from `ci_draws` seed half-samples; `features`
+    of x when already computed; ground-truth
     metrics from `truth` of x or computed here, true_coverage only with `ref_truth`, the base samples' truth and
     prompt indices)."""
     texts = domain.prompts(prompt_set)
@@ -144,7 +149,8 @@ def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, promp
     if ref_features is not None and feature_metrics:
         f = features if features is not None else features_of(domain, x, batch)
         for name in feature_metrics:
-            rows.append(_row(m, prompt_set, name, M.against_base(name, ref_features, f, k=k), len(f)))
+            half = M.half_sample_ci(name, ref_features, f, k, ci_draws) if ci_draws else float("nan")
+            rows.append(_row(m, prompt_set, name, M.against_base(name, ref_features, f, k=k), len(f), half))
     truth_names = [name for name in names if name in M.TRUTH_METRICS]
     if truth_names:
         t = truth if truth is not None else truth_of(domain, x, prompts, batch)
@@ -153,8 +159,9 @@ def method_rows(domain: Domain, m: Method, prompt_set: str, x: np.ndarray, promp
 
 
 def evaluate(domain: Domain, methods: Sequence[Method], samples_dir, prompt_sets: Sequence[str], names: Sequence[str],
-             k: int = 10, batch: int = 512, progress: bool = True) -> pd.DataFrame:
-    """Tidy metrics of every method on every prompt set (feature metrics on 'coverage' against the base samples)."""
+             k: int = 10, batch: int = 512, progress: bool = True, ci_draws: int = 0) -> pd.DataFrame:
+    """Tidy metrics of every method on every prompt set (feature metrics on 'coverage' against the base samples,
+    intervals from `ci_draws` seed half-samples)."""
     rows = []
     for ps in prompt_sets:
         ref_x, ref_p, ref_s = read_samples(samples_dir, f"{ps}/{Method('base').key}")
@@ -169,7 +176,8 @@ def evaluate(domain: Domain, methods: Sequence[Method], samples_dir, prompt_sets
                 raise ValueError(f"{m.key}: prompts/seeds differ from the base samples; re-run notebook 02")
             is_base = m == Method("base")
             rows += method_rows(domain, m, ps, x, p, ref_f, names, k, batch, features=ref_f if is_base else None,
-                                ref_truth=ref_t, truth=ref_t[0] if is_base and ref_t is not None else None)
+                                ref_truth=ref_t, truth=ref_t[0] if is_base and ref_t is not None else None,
+                                ci_draws=ci_draws)
     return pd.DataFrame(rows)
 
 

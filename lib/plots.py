@@ -18,18 +18,25 @@ def _table(df: pd.DataFrame, prompt_set: str) -> pd.DataFrame:
 
 
 def _curves(t: pd.DataFrame, fam: str) -> dict[str, list]:
-    """Index rows of one family grouped into curves: one per per-branch guidance variant ('' = the default)."""
+    """Index rows of one family grouped into curves: one per tuned adapter and per-branch guidance variant ('' = DRaFT
+    with the domain's guidance)."""
     out: dict[str, list] = {}
     for i in t.index:
         if i[0] == fam:
-            scales = Method.parse(*i).scales
-            out.setdefault("" if scales is None else f" cfg={scales[0]:g}/{scales[1]:g}", []).append(i)
+            m = Method.parse(*i)
+            variant = (f" tuned={m.adapter}" if m.adapter else "") + \
+                ("" if m.scales is None else f" cfg={m.scales[0]:g}/{m.scales[1]:g}")
+            out.setdefault(variant, []).append(i)
     return out
+
+
+MIX_STYLE = dict(color="tab:brown", marker="P", label="LoRA mix (α, β)")  # DRaFT Sec. 5.3
 
 
 def pareto_figure(df: pd.DataFrame, diversity: Sequence[str], prompt_set: str = "coverage", y: str = "reward",
                   title: str = "") -> plt.Figure:
-    """One panel per diversity metric: y (reward) against diversity, a curve per method family, base, DRaFT, ideal."""
+    """One panel per diversity metric: y (reward) against diversity, a curve per method family (dotted: a named tuned
+    adapter, dashed: per-branch guidance), the LoRA-mixing grid as points, base, DRaFT, ideal."""
     t = _table(df, prompt_set)
     fig, axes = plt.subplots(1, len(diversity), figsize=(4.2 * len(diversity), 3.8), squeeze=False)
     for ax, div in zip(axes[0], diversity):
@@ -38,7 +45,10 @@ def pareto_figure(df: pd.DataFrame, diversity: Sequence[str], prompt_set: str = 
                 pts = t.loc[idx, [div, y]].dropna()
                 st = STYLE[fam]
                 ax.plot(pts[div], pts[y], marker=st["marker"], color=st["color"], label=st["label"] + variant, ms=4,
-                        lw=1.2, alpha=0.9, ls="--" if variant else "-")
+                        lw=1.2, alpha=0.9, ls="--" if "cfg=" in variant else ":" if variant else "-")
+        mix = t.loc[[i for i in t.index if i[0] == "lora_mix"], [div, y]].dropna() if {div, y} <= set(t.columns) else []
+        if len(mix):  # a grid, not a curve: points
+            ax.scatter(mix[div], mix[y], s=18, alpha=0.8, **MIX_STYLE)
         for fam in ("base", "draft"):
             if (fam, "-") in t.index:
                 ax.scatter(t.loc[(fam, "-"), div], t.loc[(fam, "-"), y], s=70, zorder=5, edgecolor="k", **{k: v for k, v in STYLE[fam].items()})

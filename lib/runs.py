@@ -3,7 +3,8 @@
 results/<run>/
   config.yaml, manifest.json      resolved parameters; commit, versions, stage times
   models/                         what the domain's `prepare` builds (the toy's pre-trained base model)
-  train/draft/, train/kl_lambda-<l>/   adapter.safetensors, log.csv, train.json of each fine-tuning run
+  train/draft/, train/kl_lambda-<l>/, train/<name>/   adapter.safetensors, log.csv, train.json of each
+                                  fine-tuning run (DRaFT, each KL run, each extra training of sweep.adapters)
   samples/<prompt set>/<method key>/   npz shards of notebook 02 (lib.store)
   metrics.csv, dominance.csv, figures/, notebooks/
 """
@@ -26,6 +27,11 @@ def repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def training_name(kl_lambda: float = 0.0) -> str:
+    """The folder name under train/ of DRaFT (kl_lambda = 0, 'draft') or of a KL run ('kl_lambda-<l>')."""
+    return "draft" if kl_lambda == 0 else f"kl_lambda-{kl_lambda:g}"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The folders and files of one run."""
@@ -34,7 +40,11 @@ class RunPaths:
 
     def train(self, kl_lambda: float = 0.0) -> Path:
         """Folder of the DRaFT run (kl_lambda = 0) or of a KL-regularised run."""
-        return self.root / "train" / ("draft" if kl_lambda == 0 else f"kl_lambda-{kl_lambda:g}")
+        return self.root / "train" / training_name(kl_lambda)
+
+    def adapter(self, name: str) -> Path:
+        """Folder of a fine-tuning run by name: 'draft', 'kl_lambda-<l>' or an extra training of sweep.adapters."""
+        return self.root / "train" / name
 
     @property
     def samples(self) -> Path:

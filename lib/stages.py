@@ -15,16 +15,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lib.config import RunConfig
+from lib.adapters import DRAFT, RewardDomain
+from lib.config import RunConfig, named_training
 from lib.distributed import process_state
 from lib.domains.base import Domain
+from lib.domains.registry import make_domain as build_domain
 from lib.evaluate import evaluate, kl_rows
 from lib.files import atomic_path, run_lock
 from lib.generate import generate, paired_seeds
-from lib.methods import Method, method_denoiser, sweep_methods
+from lib.methods import Method, method_denoiser, sweep_methods, sweep_stamp
 from lib.metrics import METRICS
 from lib.pareto import dominance_table
-from lib.runs import RunPaths, make_domain
+from lib.runs import RunPaths, make_domain, training_name
 from lib.samplers import sample
 from lib.shards import sample_part
 from lib.store import (clear_samples, mark_done, note_reused, read_samples, stamp_of, why_not_done,
@@ -44,25 +46,45 @@ def _lambda(m: Method) -> float:
     return 0.0 if m.method == "draft" else float(m.value)
 
 
+def trainings(cfg: RunConfig) -> dict[str, tuple[TrainConfig, Any]]:
+    """Every fine-tuning run by its folder name under train/: 'draft' (lambda = 0), 'kl_lambda-<l>' for each KL run,
+    then each extra training of sweep.adapters by its name: (train config, domain settings it trains with)."""
+    out = {training_name(_lambda(m)): (tcfg, cfg.domain_config) for m, tcfg in kl_configs(cfg).items()}
+    out.update({name: named_training(cfg, name) for name in cfg.sweep.adapters})
+    return out
+
+
+def _training_domain(cfg: RunConfig, paths: RunPaths, domain: Domain, settings: Any) -> Domain:
+    """The domain a training runs on: the run's, or the run's built with a named training's other reward."""
+    if settings == cfg.domain_config:
+        return domain
+    return RewardDomain(build_domain(cfg.domain, settings, root=paths.root, device=cfg.device), settings.reward)
+
+
 def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True,
                 include_kl: bool = True, lambdas: Optional[Sequence[float]] = None,
-                prepare: bool = True) -> dict[str, pd.DataFrame]:
-    """Notebook 01: the domain's preparation (the toy pre-trains its base), then DRaFT and every KL run; returns
-    their step logs. A cluster job (lib.cluster) trains only the runs of `lambdas` (0 = DRaFT), prepare=False."""
+                prepare: bool = True, names: Optional[Sequence[str]] = None) -> dict[str, pd.DataFrame]:
+    """Notebook 01: the domain's preparation (the toy pre-trains its base), then DRaFT, every KL run and every extra
+    training of sweep.adapters; returns their step logs. `lambdas` keeps only those DRaFT / KL runs (0 = DRaFT);
+    a cluster job (lib.cluster) trains only the runs `names` (folder names under train/), prepare=False."""
     state = process_state()  # one process in a notebook; several under `accelerate launch -m lib.launch`
+    keep = None if lambdas is None else {training_name(float(lam)) for lam in lambdas}
     with _locked(paths, state):
         domain = make_domain(cfg, paths)
         if state.is_main_process and prepare:
             domain.prepare(force=force, progress=progress)
         state.wait_for_everyone()
         logs = {}
-        for m, tcfg in kl_configs(cfg).items():
-            if (m.method == "kl" and not include_kl) or (lambdas is not None and _lambda(m) not in lambdas):
+        for name, (tcfg, settings) in trainings(cfg).items():
+            if (name.startswith("kl_lambda-") and not include_kl) or (keep is not None and name not in keep) \
+                    or (names is not None and name not in names):
                 continue
-            out = paths.train(_lambda(m))
-            if force or not is_trained(out, tcfg, domain):
-                train(domain, tcfg, out, progress=progress, run=cfg.run)
-            logs["DRaFT" if m.method == "draft" else f"KL λ={m.value:g}"] = pd.read_csv(out / "log.csv")
+            out, dom = paths.adapter(name), _training_domain(cfg, paths, domain, settings)
+            if force or not is_trained(out, tcfg, dom):
+                train(dom, tcfg, out, progress=progress, run=cfg.run)
+            label = {DRAFT: "DRaFT"}.get(name, f"KL λ={name.removeprefix('kl_lambda-')}"
+                                         if name.startswith("kl_lambda-") else name)
+            logs[label] = pd.read_csv(out / "log.csv")
     return logs
 
 
@@ -79,9 +101,24 @@ def load_models(cfg: RunConfig, paths: RunPaths, domain: Domain) -> tuple[torch.
     return tuned, kl
 
 
-def _model_stamp(shas: dict[float, str], m: Method) -> list:
-    """What a method's samples depend on beyond the sweep and the base model: the adapters' sha256 (by lambda)."""
-    return [("adapter.safetensors", shas[lam]) for lam in ([0.0] + ([_lambda(m)] if m.method == "kl" else []))]
+def load_adapters(cfg: RunConfig, paths: RunPaths, domain: Domain) -> dict[str, torch.nn.Module]:
+    """The extra trainings of sweep.adapters that the sweep's methods use (LoRA mix, tuned branch), by name."""
+    used = {n for m in sweep_methods(cfg.sweep) for n in m.adapters} - {DRAFT}
+    return {n: domain.load_adapter(trained_adapter(paths.adapter(n))) for n in cfg.sweep.adapters if n in used}
+
+
+def _shas(cfg: RunConfig, paths: RunPaths) -> dict[str, str]:
+    """The sha256 of every trained adapter of the run, by folder name under train/."""
+    return {name: adapter_sha256(paths.adapter(name)) for name in trainings(cfg)}
+
+
+def _model_stamp(shas: dict[str, str], m: Method) -> list:
+    """What a method's samples depend on beyond the sweep and the base model: the adapters' sha256 (DRaFT's, a KL
+    run's; for a method on named adapters, each of those by its folder)."""
+    if m.method == "lora_mix" or m.adapter is not None:
+        return [(f"train/{n}/adapter.safetensors", shas[n]) for n in m.adapters]
+    names = [DRAFT] + ([training_name(m.value)] if m.method == "kl" else [])
+    return [("adapter.safetensors", shas[n]) for n in names]
 
 
 def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: bool = True) -> pd.DataFrame:
@@ -95,9 +132,10 @@ def stage_sample(cfg: RunConfig, paths: RunPaths, force: bool = False, progress:
 def _sample(cfg: RunConfig, paths: RunPaths, state, force: bool, progress: bool) -> pd.DataFrame:
     domain = make_domain(cfg, paths)
     tuned, kl = load_models(cfg, paths, domain)
+    named = load_adapters(cfg, paths, domain)
     methods = sweep_methods(cfg.sweep)
     base = domain.stamp()
-    shas = {_lambda(m): adapter_sha256(paths.train(_lambda(m))) for m in kl_configs(cfg)}
+    shas = _shas(cfg, paths)
     rows = []
     for ps in cfg.sweep.prompt_sets:
         names = domain.prompts(ps)
@@ -116,7 +154,7 @@ def _sample(cfg: RunConfig, paths: RunPaths, state, force: bool, progress: bool)
                     clear_samples(paths.samples, key)
                 state.wait_for_everyone()
                 if mine:  # a process may have nothing to do when there are fewer pairs than processes
-                    with method_denoiser(domain, m, tuned, kl) as den:
+                    with method_denoiser(domain, m, tuned, kl, adapters=named) as den:
                         x = generate(domain, den, names, [pairs[i] for i in mine], cfg.sweep.batch_size)
                         calls = dict(getattr(den, "calls", {})) or "-"
                     write_samples(paths.samples, key, x, [pairs[i] for i in mine], stamp, positions=mine,
@@ -132,9 +170,9 @@ def _sample(cfg: RunConfig, paths: RunPaths, state, force: bool, progress: bool)
     return pd.DataFrame(rows)
 
 
-def _sample_stamp(cfg: RunConfig, base: dict, shas: dict[float, str], m: Method) -> str:
+def _sample_stamp(cfg: RunConfig, base: dict, shas: dict[str, str], m: Method) -> str:
     """What a sample set of method m is current with: the sweep, the base model's stamp, the method, its adapters."""
-    return stamp_of(dataclasses.asdict(cfg.sweep), base, m.label, _model_stamp(shas, m))
+    return stamp_of(sweep_stamp(cfg.sweep), base, m.label, _model_stamp(shas, m))
 
 
 def stage_sample_parts(cfg: RunConfig, paths: RunPaths, units: Sequence[tuple[str, str, int, int]],
@@ -144,9 +182,10 @@ def stage_sample_parts(cfg: RunConfig, paths: RunPaths, units: Sequence[tuple[st
     completing the last part writes done.json). Returns one row per unit with its status."""
     domain = make_domain(cfg, paths)
     tuned, kl = load_models(cfg, paths, domain)
+    named = load_adapters(cfg, paths, domain)
     methods = {m.key: m for m in sweep_methods(cfg.sweep)}
     base = domain.stamp()
-    shas = {_lambda(m): adapter_sha256(paths.train(_lambda(m))) for m in kl_configs(cfg)}
+    shas = _shas(cfg, paths)
     rows = []
     for ps, key, rank, world in units:
         m = methods[key]
@@ -155,7 +194,7 @@ def stage_sample_parts(cfg: RunConfig, paths: RunPaths, units: Sequence[tuple[st
         pairs = paired_seeds(len(names), per, cfg.sweep.seed_offset)
 
         def make(mine):
-            with method_denoiser(domain, m, tuned, kl) as den:
+            with method_denoiser(domain, m, tuned, kl, adapters=named) as den:
                 return generate(domain, den, names, mine, cfg.sweep.batch_size)
 
         status = sample_part(paths.samples, f"{ps}/{m.key}", _sample_stamp(cfg, base, shas, m), pairs, rank, world,
@@ -175,7 +214,7 @@ def stage_metrics(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.
 def _metrics(cfg: RunConfig, paths: RunPaths, progress: bool) -> pd.DataFrame:
     domain = make_domain(cfg, paths)
     df = evaluate(domain, sweep_methods(cfg.sweep), paths.samples, cfg.sweep.prompt_sets, cfg.metrics.names,
-                  k=cfg.metrics.k, batch=cfg.sweep.batch_size, progress=progress)
+                  k=cfg.metrics.k, batch=cfg.sweep.batch_size, progress=progress, ci_draws=cfg.metrics.ci_draws)
     tuned, kl = load_models(cfg, paths, domain)
     models = {Method("draft"): tuned, **{Method("kl", lam): mdl for lam, mdl in kl.items()}}
     df = pd.concat([df, pd.DataFrame(kl_rows(domain, models, cfg.metrics.kl_samples))], ignore_index=True)
@@ -187,7 +226,8 @@ def _metrics(cfg: RunConfig, paths: RunPaths, progress: bool) -> pd.DataFrame:
 
 def stage_dominance(cfg: RunConfig, df: pd.DataFrame) -> pd.DataFrame:
     """Notebook 04's table: hypervolume and dominance of each family per diversity metric (coverage set)."""
-    return pd.concat([dominance_table(df, d, maximize_div=METRICS[d].maximize) for d in cfg.metrics.diversity],
+    own = df[[Method.parse(m, s).adapter is None for m, s in zip(df.method, df.setting)]]  # DRaFT's families
+    return pd.concat([dominance_table(own, d, maximize_div=METRICS[d].maximize) for d in cfg.metrics.diversity],
                      ignore_index=True)
 
 
@@ -195,7 +235,7 @@ def showcase(cfg: RunConfig) -> list[Method]:
     """One representative setting per family for sample grids: the middle of each sweep list."""
     out = [Method("base"), Method("draft")]
     for fam in ("lora_scale", "aig", "combined", "kl"):
-        ms = [m for m in sweep_methods(cfg.sweep) if m.method == fam and m.scales is None]
+        ms = [m for m in sweep_methods(cfg.sweep) if m.method == fam and m.scales is None and m.adapter is None]
         if ms:
             out.append(ms[len(ms) // 2])
     return out

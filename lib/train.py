@@ -6,6 +6,10 @@ The loss is -r(x_0, c) + lambda * sum over the differentiated steps of the sampl
 mean((eps_tuned - eps_base)^2) (Eq. 4; DRaFT-LV's re-noised copies are not regularised, as in Eq. 4 and
 NeMo-Aligner). NeMo-Aligner *averages* the term over the K steps where Eq. 4 sums, so its kl_coeff equals our
 lambda times K (the same for K = 1, the paper's DRaFT-1).
+
+ImageReFL (seed 004 Sec. 4.3, 5.3) is a variant of the same loop (`imagerefl_loss`): a real x_0 of the domain
+(`Domain.real_samples`) noised to a late step t', the tuned model from t' with the gradient through its final step,
+-s r (Eq. 4) + w mean((eps - eps_theta(x_t', t', c))^2) (Eq. 5), and every n-th micro-batch a classical ReFL step.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from lib.errors import ArtefactError, TrainingDiverged, check
 from lib.files import atomic_path, config_hash, file_record, mismatch, note_artefact, read_json
 from lib.guidance import Denoiser
 from lib.lora import adapter_disabled, lora_parameters
-from lib.samplers import predict_x0, renoise, sample
+from lib.samplers import eps_of, noised, predict_x0, renoise, sample
 from lib.tracking import TRACKERS, open_tracker
 
 
@@ -36,10 +40,18 @@ from lib.tracking import TRACKERS, open_tracker
 class TrainConfig:
     """DRaFT-family fine-tuning (DRaFT Algorithm 1) with optional KL regularisation (AIG paper Eq. 4)."""
 
-    variant: str = "draft"  # draft (K steps of gradient; K >= num_steps is full DRaFT) | lv | refl
+    variant: str = "draft"  # draft (K steps of gradient; K >= num_steps is full DRaFT) | lv | refl | imagerefl
     K: int = 1
     lv_n: int = 2  # DRaFT-LV: re-noised copies of x_0
-    refl_m: int = 5  # ReFL: stop at a random step in [1, m] from the end
+    refl_m: int = 5  # ReFL (and ImageReFL's final step): stop at a random step in [1, m] from the end
+    # ImageReFL (seed 004 Sec. 4.3, 5.3), in steps of the N-step chain. The authors (40 DDIM steps, unguided): t' 10
+    # steps from the end (N / 4: [6, 6] of 25), stop in [1, 10] (refl_m 6 of 25), loss 1e-3 (-r' + 0.01 Eq. 5) with
+    # r' = 0.1 (r - 20) for PickScore, r for HPSv2.1 (so reward_scale 1e-4 or 1e-3 and mse 1e-5 on our raw rewards).
+    imagerefl_t_range: tuple[int, int] = (1, 3)  # t' drawn uniformly from these steps from the end (1 = the last)
+    imagerefl_mse: float = 0.01  # w: weight of the diffusion loss (Eq. 5); the paper's ratio to a [0, 1] reward
+    imagerefl_reward_scale: float = 1.0  # s: the reward's factor in the loss (all steps of the run, ReFL ones too)
+    imagerefl_refl_every: int = 4  # every n-th micro-batch a classical ReFL step (paper: 4); 0 = never (their yaml)
+    imagerefl_guidance: float = 1.0  # CFG of both kinds of step; 1 = unguided (authors; combined generation's tuned)
     kl_lambda: float = 0.0
     steps: int = 200
     batch_size: int = 64
@@ -55,7 +67,7 @@ class TrainConfig:
     tracker: str = "none"  # also log curves and sweep metrics to: none | tensorboard | wandb | mlflow (lib.tracking)
 
     def __post_init__(self):
-        check("train.variant", self.variant, self.variant in ("draft", "lv", "refl"), "one of draft, lv, refl")
+        check("train.variant", self.variant, self.variant in VARIANTS, f"one of {', '.join(VARIANTS)}")
         check("train.tracker", self.tracker, self.tracker in TRACKERS, f"one of {', '.join(TRACKERS)}")
         for key in ("K", "lv_n", "refl_m", "steps", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
             v = getattr(self, key)
@@ -67,6 +79,25 @@ class TrainConfig:
             check(f"train.{key}", getattr(self, key), 0 <= getattr(self, key) < 1, "in [0, 1)")
         check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
         check("train.grad_clip", self.grad_clip, self.grad_clip > 0 and math.isfinite(self.grad_clip), "a finite number > 0")
+        r = self.imagerefl_t_range
+        check("train.imagerefl_t_range", r, isinstance(r, (tuple, list)) and len(r) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in r) and 1 <= r[0] <= r[1],
+            "two integers [lo, hi], 1 <= lo <= hi: the steps from the end of the chain where t' is drawn")
+        for key in ("imagerefl_mse", "imagerefl_reward_scale"):
+            v = getattr(self, key)
+            check(f"train.{key}", v, isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+                  "a finite number >= 0")
+        check("train.imagerefl_reward_scale", self.imagerefl_reward_scale, self.variant != "imagerefl" or
+              self.imagerefl_reward_scale > 0 or self.imagerefl_mse > 0, "> 0 when train.imagerefl_mse is 0")
+        g = self.imagerefl_guidance
+        check("train.imagerefl_guidance", g, isinstance(g, (int, float)) and math.isfinite(g) and g >= 1,
+              "a finite number >= 1 (1 = unguided)")
+        n = self.imagerefl_refl_every
+        check("train.imagerefl_refl_every", n, isinstance(n, int) and not isinstance(n, bool) and (n == 0 or n >= 2),
+              "0 (never) or an integer >= 2 (every n-th micro-batch is a ReFL step; always ReFL is variant refl)")
+
+
+VARIANTS = ("draft", "lv", "refl", "imagerefl")
 
 
 class KLProbe:
@@ -100,31 +131,72 @@ def base_branch(domain: Domain, model: torch.nn.Module, scale: Optional[float] =
 
 
 def draft_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts: list[str], seeds: list[int],
-               rng: torch.Generator) -> dict[str, torch.Tensor]:
-    """One DRaFT-family objective on a batch (DRaFT Algorithm 1): returns loss, reward, kl (scalars)."""
+               rng: torch.Generator, index: int = 0) -> dict[str, torch.Tensor]:
+    """One DRaFT-family objective on micro-batch `index` of the run (DRaFT Algorithm 1; ImageReFL Eq. 4-5, every
+    imagerefl_refl_every-th micro-batch ReFL): returns loss, reward, kl, diffusion (scalars)."""
+    every = cfg.imagerefl_refl_every
+    if cfg.variant == "imagerefl" and not (every and (index + 1) % every == 0):
+        return imagerefl_loss(domain, model, cfg, prompts, seeds, rng)
+    variant = "refl" if cfg.variant == "imagerefl" else cfg.variant  # ImageReFL's classical ReFL step
+    scale, cfg_scale = (cfg.imagerefl_reward_scale, cfg.imagerefl_guidance) if cfg.variant == "imagerefl" else (1.0, None)
     cond = domain.encode(prompts)
     x_T = domain.noise(seeds)  # (B, ...)
-    probe = KLProbe(domain.denoiser(model), base_branch(domain, model))
+    probe = KLProbe(domain.denoiser(model, cfg_scale), base_branch(domain, model, cfg_scale))
     n = domain.num_steps
-    if cfg.variant == "refl":
+    if variant == "refl":
         stop = int(torch.randint(1, min(cfg.refl_m, n) + 1, (1,), generator=rng))
         x0 = sample(probe, domain.scheduler, x_T, cond, n, grad_last=stop, stop_at=stop)
     else:
-        x0 = sample(probe, domain.scheduler, x_T, cond, n, grad_last=1 if cfg.variant == "lv" else min(cfg.K, n))
+        x0 = sample(probe, domain.scheduler, x_T, cond, n, grad_last=1 if variant == "lv" else min(cfg.K, n))
     reward = domain.reward(domain.decode(x0), prompts)  # (B,)
     total_reward = reward
-    if cfg.variant == "lv":
+    if variant == "lv":
         sched = copy.deepcopy(domain.scheduler)  # the domain's scheduler is shared: never step or reset it
         sched.set_timesteps(n)
         t1 = sched.timesteps[-1]
         for _ in range(cfg.lv_n):
             eps = torch.randn(x0.shape, generator=rng).to(x0)
             x1 = renoise(sched, x0.detach(), eps, t1)
-            x0_i = predict_x0(sched, x1, probe.tuned(x1, t1, cond), t1)  # Eq. 4: no KL on the copies
+            eps1 = eps_of(sched, x1, probe.tuned(x1, t1, cond), t1)  # the network's output as eps (v-prediction)
+            x0_i = predict_x0(sched, x1, eps1, t1)  # Eq. 4: no KL on the copies
             total_reward = total_reward + domain.reward(domain.decode(x0_i), prompts)
     kl = probe.total if probe.steps else torch.zeros_like(reward)
-    loss = (-total_reward + cfg.kl_lambda * kl).mean()
-    return {"loss": loss, "reward": reward.mean().detach(), "kl": torch.as_tensor(kl).mean().detach()}
+    loss = (-scale * total_reward + cfg.kl_lambda * kl).mean()
+    return {"loss": loss, "reward": reward.mean().detach(), "kl": torch.as_tensor(kl).mean().detach(),
+            "diffusion": torch.zeros(())}
+
+
+def imagerefl_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, prompts: list[str], seeds: list[int],
+                   rng: torch.Generator) -> dict[str, torch.Tensor]:
+    """One ImageReFL step (seed 004 Sec. 4.3): -s r(F_theta(x_t', t', c), c) (Eq. 4) + w ||eps - eps_theta(x_t', t',
+    c)||^2 (Eq. 5, mean over elements) + lambda KL on the differentiated step; returns loss, reward, kl, diffusion.
+
+    x_t' noises the real x_0 (`Domain.real_samples`) with eps = the seed's noise to t' = the j-th step from the end,
+    j uniform in imagerefl_t_range; the tuned model (CFG imagerefl_guidance) runs from t' and stops at a random step
+    in [1, min(refl_m, j)] from the end, the only one with gradient (ReFL), scoring its x0 prediction. Eq. 5 takes
+    the unguided eps_theta (the denoising objective; a v-prediction output is turned into eps)."""
+    n = domain.num_steps
+    lo, hi = cfg.imagerefl_t_range
+    check("train.imagerefl_t_range", cfg.imagerefl_t_range, hi <= n,
+          f"steps from the end of the domain's {n}-step chain")
+    start = int(torch.randint(lo, hi + 1, (1,), generator=rng))  # t' is the start-th step from the end
+    stop = int(torch.randint(1, min(cfg.refl_m, start) + 1, (1,), generator=rng))  # t_f: the differentiated step
+    cond = domain.encode(prompts)
+    with torch.no_grad():
+        x0_real = domain.real_samples(prompts, seeds)  # (B, ...) in the model's space (SD: VAE latents)
+    eps = domain.noise(seeds)  # (B, ...) the eps of x_t'
+    x_t, t = noised(domain.scheduler, n, x0_real, eps, start)  # (B, ...) in the scheduler's scaling
+    probe = KLProbe(domain.denoiser(model, cfg.imagerefl_guidance), base_branch(domain, model, cfg.imagerefl_guidance))
+    x0 = sample(probe, domain.scheduler, x_t, cond, n, grad_last=stop, stop_at=stop, start_at=start)  # F_theta
+    reward = domain.reward(domain.decode(x0), prompts)  # (B,)
+    x_in = renoise(domain.scheduler, x0_real, eps, t)  # (B, ...) x_t' as the network sees it (variance-preserving)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.imagerefl_mse > 0):
+        eps_theta = eps_of(domain.scheduler, x_in, domain.denoiser(model, 1.0)(x_in, t, cond), t)
+        diffusion = ((eps - eps_theta) ** 2).flatten(1).mean(1)  # (B,) Eq. 5
+    kl = probe.total if probe.steps else torch.zeros_like(reward)
+    loss = (-cfg.imagerefl_reward_scale * reward + cfg.imagerefl_mse * diffusion + cfg.kl_lambda * kl).mean()
+    return {"loss": loss, "reward": reward.mean().detach(), "kl": torch.as_tensor(kl).mean().detach(),
+            "diffusion": diffusion.mean().detach()}
 
 
 def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True,
@@ -161,18 +233,18 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
     for step in bar:
         t0 = time.perf_counter()
         opt.zero_grad()
-        stats = torch.zeros(3)  # reward, kl, loss
-        for _ in range(cfg.grad_accum):
+        stats = torch.zeros(4)  # reward, kl, loss, diffusion
+        for a in range(cfg.grad_accum):
             idx = torch.randint(len(prompts), (cfg.batch_size,), generator=rng).tolist()
             seeds = torch.randint(2**31 - 1, (cfg.batch_size,), generator=rng).tolist()
-            out = draft_loss(domain, model, cfg, [prompts[i] for i in idx], seeds, rng)
+            out = draft_loss(domain, model, cfg, [prompts[i] for i in idx], seeds, rng, index=step * cfg.grad_accum + a)
             (out["loss"] / cfg.grad_accum).backward()
-            stats += torch.stack([out[k].detach().float().cpu() for k in ("reward", "kl", "loss")]) / cfg.grad_accum
+            stats += torch.stack([out[k].detach().float().cpu() for k in STATS]) / cfg.grad_accum
         if state.num_processes > 1:
             for p in params:
                 p.grad = mean_across(p.grad, state)
             stats = mean_across(stats.to(state.device), state).cpu()
-        reward, kl, loss = stats.tolist()
+        reward, kl, loss, diffusion = stats.tolist()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         for name, value in (("loss", loss), ("reward", reward), ("KL term", kl), ("gradient norm", grad_norm)):
             if not math.isfinite(value):  # the same on every process: stats and gradients are averaged
@@ -186,11 +258,13 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
                     f"(step {step // cfg.checkpoint_every * cfg.checkpoint_every}) was saved. "
                     f"Lower train.lr (now {cfg.lr:g}) or train.grad_clip (now {cfg.grad_clip:g}) and run again")
         opt.step()
-        log.append({"step": step + 1, "reward": reward, "kl": kl, "loss": loss, "grad_norm": grad_norm,
+        extra = {"diffusion": diffusion} if cfg.variant == "imagerefl" else {}  # Eq. 5 (0 on ReFL micro-batches)
+        log.append({"step": step + 1, "reward": reward, "kl": kl, "loss": loss, **extra, "grad_norm": grad_norm,
                     "seconds": time.perf_counter() - t0})
         if tracker is not None:
             tracker.log({"train/reward": reward, "train/KL term": kl, "train/loss": loss, "train/gradient norm":
-                         grad_norm, "train/learning rate": opt.param_groups[0]["lr"]}, step=step + 1)
+                         grad_norm, "train/learning rate": opt.param_groups[0]["lr"],
+                         **{f"train/{k} loss": v for k, v in extra.items()}}, step=step + 1)
         bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.2e}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             rngs = gather(rng.get_state(), state)
@@ -214,6 +288,7 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
 
 
 RESULT_FILES = ("adapter.safetensors", "log.csv")  # recorded with size and sha256 in train.json
+STATS = ("reward", "kl", "loss", "diffusion")  # what draft_loss returns, averaged over micro-batches
 
 
 def _checkpoint(path: Path, key: str, model, opt, rngs: list, log, step: int) -> None:
@@ -312,8 +387,10 @@ def adapter_sha256(out_dir: Path) -> str:
 
 
 def _settings(cfg: TrainConfig) -> dict:
-    """The settings that shape the trained adapter: all but the tracker, which only copies the curves elsewhere."""
-    return {k: v for k, v in asdict(cfg).items() if k != "tracker"}
+    """The settings that shape the trained adapter: all but the tracker, which only copies the curves elsewhere, and
+    ImageReFL's settings outside an ImageReFL run (so the other variants' hashes predate and ignore them)."""
+    return {k: v for k, v in asdict(cfg).items()
+            if k != "tracker" and (cfg.variant == "imagerefl" or not k.startswith("imagerefl_"))}
 
 
 def _key(domain: Domain, cfg: TrainConfig) -> str:

@@ -65,6 +65,25 @@ def test_the_study_carries_the_ground_truth(run):
     assert steps.min() == 0 and steps.max() == cfg.train.steps  # the Goodhart curve: base, then every checkpoint
 
 
+def test_the_second_reward_adapter_its_lora_mix_and_table_1(run):
+    """sweep.adapters trains DRaFT on the world's second reward (hpsv2) into train/hps/; the LoRA-mixing grid over
+    DRaFT and it is sampled, scored and drawn (DRaFT Fig. 7 right); Table 1 has a row per family."""
+    cfg, root = run
+    record = json.loads((root / "train" / "hps" / "train.json").read_text())
+    assert record["config"]["steps"] == cfg.train.steps and (root / "train" / "hps" / "adapter.safetensors").exists()
+    assert (root / "train" / "hps" / "adapter.safetensors").read_bytes() != \
+        (root / "train" / "draft" / "adapter.safetensors").read_bytes()  # another reward, another adapter
+    df = pd.read_csv(root / "metrics.csv")
+    mix = df[(df.method == "lora_mix") & (df.prompt_set == "coverage")]
+    assert mix.setting.nunique() == 9 and {"reward", "reward_alt", "dino_diversity"} <= set(mix.metric)
+    for name in ("lora_mix_grid", "lora_mix_rewards"):
+        assert (root / "figures" / f"{name}.png").stat().st_size > 1000, name
+    table = pd.read_csv(root / "table1.csv", dtype=str, keep_default_na=False)
+    assert list(table.row) == ["base", "draft", "aig", "combined", "kl", "lora_scale", "lora_mix"]
+    assert {"reward", "reward_alt", "clip", "dino_diversity", "fid", "scd", "lscd", "recall"} <= set(table.columns)
+    assert all("±" in v for v in table.reward)
+
+
 def _stock(world, adapter=None):
     from diffusers import StableDiffusionPipeline
 

@@ -66,6 +66,11 @@ class Domain(Protocol):
     def load_adapter(self, path: Path) -> torch.nn.Module:
         """Base network with the adapter stored at `path`."""
 
+    def real_samples(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """Real data x_0 (B, ...) in the model's space, row i drawn for prompts[i] from its own generator seeded with
+        seeds[i] (ImageReFL's real images, seed 004 Sec. 4.3): the toy's GMMs, the world's generator through the
+        VAE; a ConfigError naming what is missing where the domain has none."""
+
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Samples from final latents, differentiably (identity for the toy, VAE decode for SD)."""
 

@@ -76,6 +76,7 @@ class ToyDenoiser(nn.Module):
 
 
 LORA_TARGETS = r".*(inp|hidden\.\d+|out)$"
+REAL_STREAM = 4  # the seed-sequence stream of real_samples (seed 004, ImageReFL), apart from the noise's generator
 
 
 def toy_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
@@ -255,6 +256,14 @@ class ToyDomain:
         k = torch.floor(torch.rand(len(prompts), generator=gen) * torch.tensor([len(self.means[int(p)]) for p in prompts])).long()
         mu = torch.stack([self.means[int(p)][int(i)] for p, i in zip(prompts, k)])
         return mu + self.cfg.mode_std * torch.randn(len(prompts), 2, generator=gen)
+
+    def real_samples(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """Data x_0 (B, 2) from each prompt's GMM (ImageReFL's real samples), row i from its own generator seeded
+        with seeds[i] on a stream apart from `noise` (so x_0 and the noise that renoises it are independent)."""
+        idx = self.encode(prompts).cpu()
+        rows = [self._batch(idx[i: i + 1], torch.Generator().manual_seed(
+            int(np.random.SeedSequence([int(s), REAL_STREAM]).generate_state(1)[0]))) for i, s in enumerate(seeds)]
+        return torch.cat(rows).to(self.device)  # (B, 2)
 
     def base_model(self) -> ToyDenoiser:
         """The pre-trained denoiser, frozen."""

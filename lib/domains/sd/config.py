@@ -54,6 +54,9 @@ class SDConfig:
     world: Optional[Mapping[str, Any]] = None
     world_dir: Optional[str] = None
     reward_arch: str = "ViT-H-14"  # open_clip architecture of an HPS checkpoint, or the path of its config JSON
+    # ImageReFL's real images on Stable Diffusion (train.variant: imagerefl): a folder of images with metadata.jsonl or
+    # metadata.csv naming each file's caption (lib.domains.sd.real.folder_images); a world run draws them itself
+    real_images: Optional[str] = None
 
     def __post_init__(self):
         if self.model == "world":

@@ -24,6 +24,7 @@ from lib.domains.sd import hub
 from lib.domains.sd.features import extract, load_extractor
 from lib.domains.sd.pipelines import DTYPES, latents_for, load_pipeline, pipeline_class, tiny_pipeline
 from lib.domains.sd.prompts import prompt_set
+from lib.domains.sd.real import encode_images, real_images, vae_latent
 from lib.domains.sd.multi import load_one, load_spec
 from lib.domains.sd.rewards import load_clip_score
 from lib.domains.sd.unet import ADAPTER, AdapterUNet, BaseUNet, has_adapter, paired_default, plain_unet
@@ -305,17 +306,15 @@ class SDDomain:
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """VAE decode of final latents (B, 4, h, w) -> images (B, 3, H, W) in [0, 1], differentiable."""
         vae = self._vae()
-        c = vae.config
-        mean, std = getattr(c, "latents_mean", None), getattr(c, "latents_std", None)
-        if mean is not None and std is not None:
-            shape = (1, -1, 1, 1)
-            z = x0 * torch.tensor(std, device=x0.device).view(shape) / c.scaling_factor \
-                + torch.tensor(mean, device=x0.device).view(shape)
-        else:
-            z = x0 / c.scaling_factor
         with self._autocast():
-            img = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+            img = vae.decode(vae_latent(vae, x0).to(vae.dtype), return_dict=False)[0]
         return (img.float() / 2 + 0.5).clamp(0, 1)
+
+    def real_samples(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """ImageReFL's real x_0 (B, 4, h, w): the world's or a folder's images through the VAE (lib.domains.sd.real)."""
+        c = self.config
+        images = real_images(self.world, prompts, seeds, c.resolution, c.real_images)  # (B, 3, R, R) in [0, 1]
+        return encode_images(self._vae(), images.to(self.device))
 
     @property
     def reward_model(self):

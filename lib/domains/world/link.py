@@ -16,11 +16,13 @@ from lib.domains.world import annotators as A
 from lib.domains.world.build import build_world, verify
 from lib.domains.world.config import WorldConfig, colour_of, shape_of, world_config
 from lib.domains.world.layout import WorldPaths, key_of
+from lib.domains.world.render import render, sample_labels
 from lib.files import sha256_file
 
 PROMPT_SETS = ("world",)  # every split of a world run uses the world's captions
 REWARD_OF = {"pickscore": "pickscore", "hpsv2": "hpsv2"}  # a world reward -> the annotator that labelled its pairs
 OTHER = {"pickscore": "hpsv2", "hpsv2": "pickscore"}
+REAL_STREAM = 4  # the generator stream of real_images (seed 004, ImageReFL), apart from the sampler's noise
 
 
 class World:
@@ -70,6 +72,18 @@ class World:
     def prompts(self, name: str) -> Optional[list[str]]:
         """The captions for a prompt-set name of the world ('world'), else None."""
         return list(self.cfg.prompts) if name in PROMPT_SETS else None
+
+    def real_images(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """Images (B, 3, R, R) in [0, 1] from the world's generator (uniform modes and styles, as its training set),
+        image i of caption prompts[i] from its own generator seeded with seeds[i] (ImageReFL's real x_0)."""
+        captions = list(self.cfg.prompts)
+        unknown = [p for p in prompts if p not in captions]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a caption of this world (e.g. {captions[0]!r})")
+        images = [render(sample_labels(np.random.default_rng([int(s), REAL_STREAM]), 1, self.cfg.shapes,
+                                       self.cfg.colours, np.array([captions.index(p)])), self.cfg.resolution)
+                  for p, s in zip(prompts, seeds)]
+        return torch.from_numpy(np.concatenate(images))  # (B, 3, R, R)
 
     # --- ground truth ------------------------------------------------------------------------------------------
     def cnn(self) -> WorldCNN:
