@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import reproduce
+from lib import bench, reproduce
 from lib.config import load
 from lib.domains.sd.pipelines import latents_for
+from lib.domains.world import __main__ as world_cli
 from lib.domains.world.build import build_world, verify
 from lib.domains.world.config import world_config
 from lib.methods import Method, sweep_methods
@@ -117,3 +118,22 @@ def test_world_json_is_reported(run):
     _, root = run
     world = json.loads((root / "models" / "world" / "world.json").read_text())
     assert set(world["seconds"]) >= {"unet", "vae", "pickscore", "hpsv2"}
+
+
+def test_the_command_lines_verify_the_world_and_time_it(run, capsys):
+    """`python -m lib.domains.world <params> --run-dir <run>` verifies the built world without rebuilding it and
+    refuses a params file that is not a world run; `python -m lib.bench --models world --world <pipeline>` times the
+    world's pipeline (every setting, the default variant marked)."""
+    _, root = run
+    capsys.readouterr()
+    assert world_cli.main([PARAMS, "--run-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    assert report["built"] is False and set(report["seconds"]) >= {"unet", "pickscore", "hpsv2"}
+    assert world_cli.main(["params/toy.yaml"]) == 2
+    assert "is not a world run" in capsys.readouterr().err
+    bench.main(["--models", "world", "--world", str(root / "models" / "world" / "pipeline"), "--world-batch", "2",
+                "--repeats", "1", "--steps", "2"])
+    out = capsys.readouterr().out
+    assert "miniature world" in out and "one call*" in out and "merged*" in out
+    assert "one call instead of two saves per image" in out
