@@ -394,5 +394,7 @@ def _settings(cfg: TrainConfig) -> dict:
 
 
 def _key(domain: Domain, cfg: TrainConfig) -> str:
-    """Hash of the training config and the base model it starts from (the domain's stamp)."""
-    return config_hash({"train": _settings(cfg), "base": domain.stamp()})
+    """Hash of the training config, the base model it starts from (the domain's stamp) and the reward where the
+    stamp leaves it out (`Domain.reward_stamp`; none on the toy, so its earlier keys stay valid)."""
+    reward = domain.reward_stamp()  # SD: sd.reward, sd.reward_path
+    return config_hash({"train": _settings(cfg), "base": domain.stamp(), **({"reward": reward} if reward else {})})

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lib import train as T
 from lib.domains.sd import config as C, domain as D, pipelines as P, unet as U
 from lib.guidance import AIG
 from lib.lora import adapter_disabled, lora_parameters, lora_scale
@@ -471,3 +472,16 @@ def test_clip_scores_and_dino_embeddings_of_the_tiny_domain(cache):
     assert s.shape == (3,) and np.all(np.abs(s) <= 100)
     assert dom.embeddings(imgs).shape[0] == 3
     assert {"dino", "clip", "features"} <= dom.capabilities(dom.config)
+
+
+def test_a_new_reward_makes_the_trained_adapter_stale_but_not_the_base_samples(cache):
+    """sd.reward (and sd.reward_path) enter the training key (`Domain.reward_stamp`), not the domain's stamp: a
+    run whose reward changed retrains DRaFT instead of reusing the adapter trained on the old reward, while its
+    base samples, which no reward shapes, stay current."""
+    pick, hps = (sd.SDDomain(sd.SDConfig.tiny("sd", cache_dir=cache, reward=r)) for r in ("pickscore", "hpsv2"))
+    cfg = T.TrainConfig()
+    assert pick.stamp() == hps.stamp()
+    assert pick.reward_stamp() != hps.reward_stamp()
+    assert T._key(pick, cfg) != T._key(hps, cfg)
+    again = sd.SDDomain(sd.SDConfig.tiny("sd", cache_dir=cache, reward="pickscore"))
+    assert T._key(pick, cfg) == T._key(again, cfg)  # the same reward: the adapter stays current

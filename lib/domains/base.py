@@ -42,6 +42,10 @@ class Domain(Protocol):
     def stamp(self) -> dict:
         """A JSON-able description of the base model; trained adapters and samples are stale when it changes."""
 
+    def reward_stamp(self) -> dict:
+        """The training reward where stamp() leaves it out ({} where it holds it): trained adapters are stale when it
+        changes, samples of the base model are not."""
+
     def prompts(self, split: str) -> list[str]:
         """Condition set by split: 'train', 'eval', 'coverage' or a named prompt set of the domain."""
 

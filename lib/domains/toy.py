@@ -161,6 +161,10 @@ class ToyDomain:
         digest = sha256_file(base) if base is not None and base.exists() else None
         return {"domain": self.name, "config": asdict(self.cfg), "base_sha256": digest}
 
+    def reward_stamp(self) -> dict:
+        """Nothing: the toy's reward is part of its config, which stamp() holds."""
+        return {}
+
     # ---- the problem -------------------------------------------------------------------------------------
     def _layout(self):
         """Mode centres, reward bumps and heights per prompt, and the global maximum of each prompt."""

@@ -109,16 +109,18 @@ class SDDomain:
         return None if self.world is None else self.world.prepare(force=force, progress=progress)
 
     def stamp(self) -> dict:
-        """Model id (and the sha256 of a local directory's weights, or the world's key and weights), kind and
-        sampler settings."""
-        c = self.config
-        model = Path(c.model)
+        """Model id (the sha256 of a local directory's weights, or the world's key and weights), kind, sampler."""
+        c, model = self.config, Path(self.config.model)
         weights = {str(f.relative_to(model)): sha256_file(f) for f in sorted(model.rglob("*.safetensors"))} \
             if model.is_dir() else None
         world = {"world": self.world.stamp()} if self.world is not None else {}
         return {"domain": self.name, "model": c.model, "kind": c.kind, "weights": weights, "dtype": c.dtype,
                 "resolution": c.resolution, "num_steps": c.num_steps, "guidance_scale": c.guidance_scale,
                 "seed": c.seed if c.model.startswith("tiny") else None, **world}
+
+    def reward_stamp(self) -> dict:
+        """The training reward (sd.reward, sd.reward_path): not in stamp(), as the base samples do not use it."""
+        return {"reward": self.config.reward, "reward_path": self.config.reward_path}
 
     def truth(self, samples: torch.Tensor, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         """Ground truth of a world run per image (N,): true preferences, modes, prompt recognised (World.truth)."""
