@@ -1,7 +1,8 @@
 """ImageReFL's Table 1, our way (Sidorov et al., Table 1: ReFL, ReFL + AIG, ReFL combined, ImageReFL combined on
 quality rewards, CLIP score, DinoDiversity, FID, CovDist, LogCovDist): one row per method of the run's sweep, every
-quality and diversity number the run has, each as "value ± ci95" (the half-width of the 95 % interval where
-metrics.csv has one; FID, SCD, LSCD and recall are single numbers against the base samples).
+quality and diversity number the run has, each as "value ± ci95" (the half-width of the 95 % interval of
+metrics.csv: a t-interval for the rewards and CLIP, over prompts for DinoDiversity, from seed half-samples for FID,
+SCD, LSCD and recall, `lib.metrics.half_sample_ci`).
 
 Rows (coverage set): base; DRaFT (the run's DRaFT-family fine-tuning: DRaFT-K, -LV or ReFL); one row per variant of
 every other family (a variant: the family with one tuned adapter and one per-branch guidance pair, e.g. 'combined
