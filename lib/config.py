@@ -168,6 +168,8 @@ def _check_run(cfg: RunConfig) -> None:
     check(", ".join(families), "[]", any(families.values()),
           "at least one setting between base and DRaFT (a sweep of base and DRaFT alone has no trade-off to show)")
     check_references(sw.adapters, sw.lora_mix, sw.tuned)
+    check("metrics.goodhart", cfg.metrics.goodhart, cfg.metrics.goodhart in ("draft", *sw.adapters),
+          "'draft' or a name of sweep.adapters (" + (", ".join(sw.adapters) or "none here") + ")")
     for name in sw.adapters:
         named_training(cfg, name)
     check_settings(cfg.metrics.table, sweep_methods(sw))

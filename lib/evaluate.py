@@ -53,6 +53,9 @@ class MetricsConfig:
     truth: tuple[str, ...] = ()  # ground-truth metrics (needs 'truth': the miniature SD world), lib.metrics.TRUTH_METRICS
     table: TableConfig = field(default_factory=TableConfig)  # how notebook 04's Table 1 picks a setting per row
     ci_draws: int = 20  # seed half-samples behind the intervals of fid, precision, recall, scd, lscd (0: none)
+    # the training whose periodic adapters the Goodhart curve reads (lib.truth.goodhart): 'draft', or a name of
+    # sweep.adapters trained past the run's length (e.g. {draft_long: {steps: 160}}) to show where the truth turns
+    goodhart: str = "draft"
 
     def __post_init__(self):
         check("metrics.k", self.k, self.k >= 1, "an integer >= 1")

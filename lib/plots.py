@@ -2,7 +2,7 @@
 (Fig. 21-24), reward-KL (Fig. 3a) and training curves. Sample grids are drawn by the domains."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -171,11 +171,15 @@ def proxy_truth_figure(df: pd.DataFrame, pairs: Sequence[tuple[str, str]] = (("r
     return fig
 
 
-def goodhart_figure(ck: pd.DataFrame) -> plt.Figure:
+def goodhart_figure(ck: pd.DataFrame, mark: Optional[int] = None) -> plt.Figure:
     """Along DRaFT's training checkpoints (lib.evaluate.checkpoint_metrics): proxy reward and true preference (left),
-    true coverage and prompt recognition (middle), proxy reward against true preference (right, the Goodhart curve)."""
+    true coverage and prompt recognition (middle), proxy reward against true preference (right, the Goodhart curve);
+    `mark` draws the run's own training length (train.steps) on the first two."""
     t = ck.pivot_table(index="step", columns="metric", values="value").sort_index()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    if mark is not None and t.index.min() < mark < t.index.max():
+        for ax in axes[:2]:
+            ax.axvline(mark, color="0.4", lw=1, ls=":", label=f"the run's DRaFT ({mark} steps)")
     ax = axes[0]
     ax.plot(t.index, t["reward"], "o-", color="tab:red", label=label("reward"))
     ax.set(xlabel="DRaFT training step", ylabel=label("reward"))

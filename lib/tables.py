@@ -72,10 +72,14 @@ def row_of(m: Method) -> str:
 
 
 def _cell(value: float, ci: float) -> str:
-    """'value ± ci95' (value alone where there is no interval)."""
+    """'value ± ci95' (value alone where there is no interval); round-off below 1e-8 (FID of base against itself
+    through sqrtm) shows as 0."""
     if value != value:
         return ""
-    return f"{value:.4g}" if ci is None or ci != ci else f"{value:.4g} ± {ci:.2g}"
+    value = 0.0 if abs(value) < 1e-8 else value
+    if ci is None or ci != ci:
+        return f"{value:.4g}"
+    return f"{value:.4g} ± {0.0 if abs(ci) < 1e-8 else ci:.2g}"
 
 
 def pick(rows: pd.DataFrame, target: float, chosen: Optional[str] = None) -> pd.Series:

@@ -47,15 +47,15 @@ def truth_figures(cfg: RunConfig, paths: RunPaths, df: pd.DataFrame, per_prompt:
 
 
 def goodhart(cfg: RunConfig, paths: RunPaths, seeds_per_prompt: int = 16, progress: bool = True) -> pd.DataFrame:
-    """DRaFT's periodic adapters (train.checkpoint_every) sampled on every coverage caption with fresh seeds
-    (lib.evaluate.checkpoint_metrics, the base model as step 0): writes checkpoints.csv and goodhart.png and returns
-    the table (metric x step)."""
+    """The periodic adapters (train.checkpoint_every) of DRaFT or of the training `metrics.goodhart` names, sampled on
+    every coverage caption with fresh seeds (lib.evaluate.checkpoint_metrics, the base model as step 0): writes
+    checkpoints.csv and goodhart.png (the run's own DRaFT length marked) and returns the table (metric x step)."""
     domain = make_domain(cfg, paths)
     ckpts = {int(f.stem.split("step")[-1]): str(f)
-             for f in sorted((paths.train(0.0) / "checkpoints").glob("adapter-step*.safetensors"))}
+             for f in sorted((paths.adapter(cfg.metrics.goodhart) / "checkpoints").glob("adapter-step*.safetensors"))}
     pairs = paired_seeds(len(domain.prompts("coverage")), seeds_per_prompt, cfg.sweep.seed_offset + 10**6)
     ck = checkpoint_metrics(domain, ckpts, pairs, GOODHART_METRICS, k=cfg.metrics.k, batch=cfg.sweep.batch_size,
                             progress=progress)
     ck.to_csv(paths.root / "checkpoints.csv", index=False)
-    save(goodhart_figure(ck), paths.figures / "goodhart.png")
+    save(goodhart_figure(ck, mark=cfg.train.steps), paths.figures / "goodhart.png")
     return ck.pivot_table(index="step", columns="metric", values="value")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lib.errors import ConfigError
-from lib.tables import TableConfig, build_table, markdown, table1
+from lib.tables import _cell, TableConfig, build_table, markdown, table1
 
 # (method, setting, reward, dino_diversity, fid); base reward 0, DRaFT 10, so the rule's target is 9
 POINTS = [("base", "-", 0.0, 0.50, 0.0), ("draft", "-", 10.0, 0.10, 9.0),
@@ -58,3 +58,9 @@ def test_named_settings_and_another_gain():
         build_table(frame(), TableConfig(settings={"aig": "power:7"}))
     with pytest.raises(ConfigError, match="metrics.table.reward_gain"):
         TableConfig(reward_gain=-1)
+
+
+def test_round_off_shows_as_zero():
+    """Base's FID against itself comes out of sqrtm as round-off (e.g. -3.9e-11 ± 1.1e-10): shown as 0 ± 0."""
+    assert _cell(-3.87e-11, 1.1e-10) == "0 ± 0" and _cell(2.5e-9, float("nan")) == "0"
+    assert _cell(0.0123, 0.004) == "0.0123 ± 0.004" and _cell(float("nan"), 0.1) == ""

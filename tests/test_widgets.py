@@ -11,10 +11,14 @@ from matplotlib.backend_bases import MouseEvent
 
 from explorer_run import toy_run
 from lib.config import load
+from lib.domains.sd.domain import SDDomain
+from lib.domains.toy import ToyDomain
 from lib.drawing import STYLE
 from lib.explorer import (PRESETS, ExplorerState, GammaExplorer, Preview, Previewer, append_to_params, open_explorer,
                           preview_pairs, torch_threads)
 from lib.explorer.drawing import draw_pareto
+from lib.explorer.entry import run_previewer
+from lib.runs import make_domain
 from lib.schedules import parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -397,3 +401,15 @@ def test_the_same_preview_on_the_tiny_sd_pipeline(tmp_path, cache):
     assert [ax.get_title() for ax in axes] == ["base", "DRaFT", "AIG γ"]
     assert all(len(ax.images) == 1 and ax.images[0].get_array().shape == (64, 129, 3) for ax in axes)
     assert view.snapshot()[:4] == b"\x89PNG"
+
+
+def test_preview_size_defaults_to_the_domains(run):
+    """preview_samples 0 (notebook 05's default) takes the domain's own size: 64 points per toy prompt, 2 images per
+    prompt of an image domain (a CPU previews the miniature world in seconds); a number overrides it."""
+    assert ToyDomain.preview_samples == 64 and SDDomain.preview_samples == 2
+    cfg = load(run.params)
+    domain = make_domain(cfg, run.paths)
+    n = len(domain.prompts("coverage"))
+    domain.preview_samples = 3
+    assert len(run_previewer(cfg, domain, run.paths).pairs) == 3 * n
+    assert len(run_previewer(cfg, domain, run.paths, 5).pairs) == 5 * n

@@ -163,3 +163,57 @@ def test_position_pull_favours_the_bottom_right_quadrant_and_rebuilds_only_picks
     assert all(key_of(pulled, s) == old for s in ("data", "clip", "cnn", "dino", "vae", "unet", "hpsv2", "check"))
     with pytest.raises(ConfigError, match="sd.world.position_pull"):
         world_config({"position_pull": -1})
+
+
+HALVES = WorldConfig(layout="halves")
+
+
+def test_halves_layout_puts_four_of_the_sixteen_modes_in_the_background():
+    """sd.world.layout halves: 2 positions x 2 sizes x 4 backgrounds from light to dark, mode = 8 p + 4 z + b; the
+    generator draws every mode, the mode reader reads them back, and stored (uint8) images read the same."""
+    assert mode_name(15, "halves") == "right large dark" and mode_name(5, "halves") == "left large mid-light"
+    p, z, b = mode_parts(np.arange(16), "halves")
+    assert (8 * p + 4 * z + b == np.arange(16)).all() and set(b) == {0, 1, 2, 3} and set(p) == {0, 1}
+    data = make_dataset(HALVES, 1500, seed=3)
+    assert data.labels.layout == "halves" and data.labels.take(slice(0, 3)).layout == "halves"
+    assert np.bincount(data.labels.mode, minlength=16).min() > 50
+    r = A.read(data.images, data.labels.shape, "halves")
+    assert (r.background == data.labels.background).mean() == 1.0
+    assert (r.position == data.labels.position).mean() == 1.0
+    assert (r.size == data.labels.size).mean() > 0.98 and not r.empty.any()
+    u8 = (data.images * 255).round().astype(np.uint8)
+    assert (A.read(u8, data.labels.shape, "halves").mode == r.mode).mean() > 0.99
+    lum = [np.median(r.bg_luminance[data.labels.background == k]) for k in range(4)]
+    assert np.all(np.diff(lum) < -0.15)  # evenly spaced from light to dark
+    quad = A.read(data.images, data.labels.shape)  # read as quadrants, the same images give other labels
+    assert (quad.mode != r.mode).mean() > 0.5
+
+
+def test_halves_annotators_pull_toward_dark_and_left_with_style_near_every_mode():
+    """Annotator A's utility rises with every step of the background toward dark (the pull the collapse follows);
+    B prefers the left object (the layout's first position); a styled image of every mode beats that mode's
+    average, so every mode keeps a high-reward region (A.5)."""
+    data = make_dataset(HALVES, 3000, seed=4)
+    lab, r = data.labels, A.read(data.images, data.labels.shape, "halves")
+    ua, ub = A.utility(r, "pickscore", 32), A.utility(r, "hpsv2", 32)
+    by_bg = [ua[lab.background == k].mean() for k in range(4)]
+    assert np.all(np.diff(by_bg) > 0.1) and by_bg[3] - by_bg[0] > 0.4
+    assert ub[lab.position == 0].mean() > ub[lab.position == 1].mean() + 0.4
+    best = ua.copy()
+    vivid = (lab.sat > 0.75) & (lab.val > 0.88)
+    for m in range(16):
+        assert best[(lab.mode == m) & vivid].mean() > ua[lab.mode == m].mean()
+    with pytest.raises(ConfigError, match="sd.world.layout"):
+        world_config({"layout": "thirds"})
+
+
+def test_layout_rebuilds_every_stage_and_keeps_quadrant_worlds():
+    """The layout changes the data, so every stage's key changes; the default (quadrants) leaves the key of a
+    world built before the setting existed as it was."""
+    assert key_of(WorldConfig(layout="quadrants")) == key_of(CFG)
+    assert all(key_of(HALVES, s) != key_of(CFG, s) for s in ("data", "clip", "vae", "unet", "pickscore", "check"))
+    lab = sample_labels(np.random.default_rng(0), 400, layout="halves")
+    lab.background[:] = 0
+    mix_backgrounds(lab, np.random.default_rng(1), 1.0)  # light moves toward the darkest of the four
+    r = A.read(render(lab), lab.shape, "halves")
+    assert r.bg_luminance.min() < 0.35 and (r.position == lab.position).all()

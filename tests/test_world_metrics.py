@@ -91,6 +91,24 @@ def test_truth_figures_and_correlations():
     assert len(goodhart_figure(ck).axes) >= 3
 
 
+def test_goodhart_reads_a_named_longer_training_and_marks_the_runs_length():
+    """metrics.goodhart: the Goodhart curve may read the checkpoints of a longer training of sweep.adapters (the run's
+    DRaFT stops earlier, marked on the figure); a name that no training of the run has is refused, naming it."""
+    data = read_params("params/shapes_smoke.yaml")
+    assert from_dict(data).metrics.goodhart == "draft"
+    data["sweep"]["adapters"] = {**data["sweep"]["adapters"], "draft_long": {"steps": 6}}
+    data["metrics"]["goodhart"] = "draft_long"
+    assert from_dict(data).metrics.goodhart == "draft_long"
+    data["metrics"]["goodhart"] = "longer"
+    with pytest.raises(ConfigError, match="metrics.goodhart = 'longer'.*draft_long"):
+        from_dict(data)
+    df = _fake_metrics()
+    ck = pd.concat([df[df.method == m].assign(step=20 * k) for k, m in enumerate(["base", "draft", "kl"])])
+    marked = goodhart_figure(ck, mark=20)
+    assert [ln.get_xdata()[0] for ln in marked.axes[0].lines if ln.get_linestyle() == ":"] == [20]
+    assert not [ln for ln in goodhart_figure(ck, mark=40).axes[0].lines if ln.get_linestyle() == ":"]
+
+
 def test_world_cnn_extractor_round_trip(tmp_path):
     from lib.domains.sd.features import WorldCNN, load_extractor
 

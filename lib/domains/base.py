@@ -30,6 +30,7 @@ class Domain(Protocol):
     guidance_scale: float  # the default classifier-free guidance scale of both branches
     null_cond: Any  # the unconditional row (1, ...) of `cond` that classifier-free guidance uses
     paired_calls: bool  # AIG's mixed steps as one network call on the stacked batch by default (lib.methods)
+    preview_samples: int  # the explorer's default samples per coverage prompt (points are cheap, images are not)
 
     @classmethod
     def capabilities(cls, config: Any) -> frozenset[str]:

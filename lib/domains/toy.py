@@ -101,6 +101,7 @@ class ToyDomain:
     """
 
     name = "toy"
+    preview_samples = 64  # points: the explorer previews the run's first 64 seeds of every prompt at once
     paired_calls = False  # two calls: one call saves 13 % at 16 rows but loses 1-6 % at the sweep's 256 (lib.bench)
 
     def __init__(self, cfg: ToyConfig, root: Optional[Path] = None, device: str | torch.device = "cpu"):

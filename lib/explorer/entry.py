@@ -38,22 +38,23 @@ def require_artefacts(domain: Domain, paths: RunPaths) -> None:
             raise FileNotFoundError(f"the gamma explorer needs {f}, which {made_by} writes: {RERUN}")
 
 
-def run_previewer(cfg: RunConfig, domain: Domain, paths: RunPaths, preview_samples: int = 64, prompt: str | int = "",
+def run_previewer(cfg: RunConfig, domain: Domain, paths: RunPaths, preview_samples: int = 0, prompt: str | int = "",
                   seeds: Sequence[int] = (0, 1, 2, 3)) -> Previewer:
     """The preview of a run: its DRaFT model, the run's metrics, its coverage prompts (all, or one; see
-    `lib.explorer.preview.preview_pairs`)."""
+    `lib.explorer.preview.preview_pairs`); preview_samples 0 takes the domain's default (Domain.preview_samples)."""
     tuned = domain.load_adapter(adapter_file(paths))
-    pairs = preview_pairs(domain.prompts("coverage"), preview_samples, cfg.sweep.seed_offset,
+    pairs = preview_pairs(domain.prompts("coverage"), preview_samples or domain.preview_samples, cfg.sweep.seed_offset,
                           cfg.sweep.samples_per_prompt, prompt, seeds)
     return Previewer(domain, tuned, pairs, cfg.metrics.names, cfg.metrics.k, cfg.sweep.batch_size)
 
 
-def open_explorer(params_file: str | Path, run_dir: str | Path = "", preview_samples: int = 64,
+def open_explorer(params_file: str | Path, run_dir: str | Path = "", preview_samples: int = 0,
                   initial_spec: str = "power:2", diversity: str = "fid", prompt: str | int = "",
                   seeds: Sequence[int] = (0, 1, 2, 3), export_to: str | Path = "") -> GammaExplorer:
     """The explorer on a finished run (results/<run> of params_file, or run_dir).
 
-    The preview shows every coverage prompt with `preview_samples` samples each (the run's own first seeds), or,
+    The preview shows every coverage prompt with `preview_samples` samples each (the run's own first seeds; 0: the
+    domain's default, 64 points of the toy, 2 images of an image domain), or,
     with `prompt` (a coverage prompt's text or index), that prompt alone with one sample per seed in `seeds`. The
     export button appends to `export_to` (default: params_file).
     """

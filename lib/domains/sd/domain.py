@@ -47,7 +47,7 @@ class SDDomain:
     on it unchanged.
     """
 
-    name = "diffusers"
+    name, preview_samples = "diffusers", 2  # the explorer's default: two images per coverage prompt (seconds on a CPU)
 
     def __init__(self, config: SDConfig = SDConfig(), root: Optional[Path] = None, device: str = "auto", pipe=None):
         self.config, self.root = config, Path(root) if root else None

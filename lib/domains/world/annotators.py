@@ -1,7 +1,8 @@
 """Closed-form readers of the world's images: the mode reader and the two hidden annotators.
 
-`read(images, shapes)` measures, from pixels alone, what the generator decided: the background (median of the
-border ring), the object mask (pixels far from the background colour), its quadrant (the mask's centroid), its size
+`read(images, shapes, layout)` measures, from pixels alone, what the generator decided: the background (median of the
+border ring, against the layout's luminance cuts), the object mask (pixels far from the background colour), its
+position (the layout's position centre nearest the mask's centroid), its size
 (the mask's area against the shape's small/large threshold), and the style quantities: saturation and brightness of
 the object's interior, rim whiteness (edge band against interior), top-left shading (slope of the interior's
 luminance), and an artifact level (mean |Laplacian| away from the object's edge: zero for the generator's clean
@@ -10,9 +11,10 @@ flat regions, large for textures and noise).
 The annotators are closed-form utilities over these measurements with the structure of the AIG paper's regime:
 a stylistic improvement reachable close to every mode (the assumption of A.5) plus a pull toward one mode, decided
 early in the sampling chain, so that maximising the expected utility collapses the modes (Lemma 1):
-- "pickscore" (annotator A): vivid objects (saturated, bright); pulled toward a dark background and a large object,
-  and (`position_pull` > 0, sd.world.position_pull) toward the bottom-right quadrant.
-- "hpsv2" (annotator B): soft objects (pastel, lit from the top left); pulled toward the top-left quadrant.
+- "pickscore" (annotator A): vivid objects (saturated, bright); pulled toward a dark background (linearly in its
+  luminance) and a large object, and (`position_pull` > 0, sd.world.position_pull) toward the layout's last position.
+- "hpsv2" (annotator B): soft objects (pastel, lit from the top left); pulled toward the layout's first position
+  (top-left; left).
 The rim is a style variable neither annotator cares about.
 Both saturate at the top of the data's style ranges and penalise artifacts, so a reward model that extrapolates
 beyond the data, or hacks with textures, is rewarded by the proxy and not by the annotator (Goodhart).
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.domains.world.config import SHAPES
-from lib.domains.world.render import CENTRES, SAT_RANGE, VAL_RANGE, Labels, mode_index, render
+from lib.domains.world.render import LAYOUTS, SAT_RANGE, VAL_RANGE, Labels, mode_index, render
 
 ANNOTATORS = ("pickscore", "hpsv2")  # annotator A trains the PickScore-style reward, B the HPSv2-style one
 MASK_LO, MASK_HI = 0.10, 0.25  # colour distance to the background: soft object mask ramps between these
@@ -38,8 +40,8 @@ MASK_LO, MASK_HI = 0.10, 0.25  # colour distance to the background: soft object 
 class Reading:
     """Per-image measurements (each (N,) float64 numpy unless noted)."""
 
-    background: np.ndarray  # 0 light, 1 dark (int)
-    position: np.ndarray  # quadrant 0..3 (int)
+    background: np.ndarray  # the layout's background index, light to dark (int)
+    position: np.ndarray  # the layout's position index: the nearest position centre (int)
     size: np.ndarray  # 0 small, 1 large (int)
     area_ratio: np.ndarray  # mask area / the shape's large area
     bg_luminance: np.ndarray
@@ -51,11 +53,12 @@ class Reading:
     shading: np.ndarray
     artifact: np.ndarray
     empty: np.ndarray  # True where no object was found (bool)
+    layout: str = "quadrants"
 
     @property
     def mode(self) -> np.ndarray:
-        """Mode labels (N,) (4 * position + 2 * size + background)."""
-        return mode_index(self.position, self.size, self.background)
+        """Mode labels (N,) of the layout (quadrants: 4 * position + 2 * size + background)."""
+        return mode_index(self.position, self.size, self.background, self.layout)
 
 
 def _lum(x: torch.Tensor) -> torch.Tensor:
@@ -88,8 +91,10 @@ def _mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ((d - MASK_LO) / (MASK_HI - MASK_LO)).clamp(0, 1), bg
 
 
-def read(images: torch.Tensor | np.ndarray, shapes: Sequence[int]) -> Reading:
-    """Measurements of images (N, 3, H, W) in [0, 1] (or uint8) whose prompts name the shapes (N,) (SHAPES index)."""
+def read(images: torch.Tensor | np.ndarray, shapes: Sequence[int], layout: str = "quadrants") -> Reading:
+    """Measurements of images (N, 3, H, W) in [0, 1] (or uint8) whose prompts name the shapes (N,) (SHAPES index),
+    with positions and backgrounds read in the world's layout (lib.domains.world.render.LAYOUTS)."""
+    lay = LAYOUTS[layout]
     x = torch.as_tensor(images)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     x = x.detach().cpu()
@@ -128,40 +133,45 @@ def read(images: torch.Tensor | np.ndarray, shapes: Sequence[int]) -> Reading:
     small = torch.tensor([areas[int(s)][0] for s in shapes])
     large = torch.tensor([areas[int(s)][1] for s in shapes])
     empty = area < 0.25 * small
-    out = dict(background=(_lum(bg[:, :, None, None])[:, 0, 0] < 0.5).long(),
-               position=(2 * (cy >= h / 2) + (cx >= w / 2)).long(), size=(area >= (small * large).sqrt()).long(),
-               area_ratio=area / large, bg_luminance=_lum(bg[:, :, None, None])[:, 0, 0], cx=cx, cy=cy,
+    bg_lum = _lum(bg[:, :, None, None])[:, 0, 0]
+    centres = torch.tensor(lay.centres, dtype=torch.float32)  # (P, 2) fractions of the side
+    dist = torch.hypot(cx[:, None] / w - centres[None, :, 0], cy[:, None] / h - centres[None, :, 1])  # (N, P)
+    out = dict(background=sum((bg_lum < c).long() for c in lay.bg_cuts), position=dist.argmin(1),
+               size=(area >= (small * large).sqrt()).long(),
+               area_ratio=area / large, bg_luminance=bg_lum, cx=cx, cy=cy,
                saturation=torch.where(empty, 0.0, sat), value=torch.where(empty, 0.0, value),
                rim=torch.where(empty, 0.0, whiteness), shading=torch.where(empty, 0.0, slope), artifact=artifact,
                empty=empty)
     return Reading(**{k: v.numpy().astype(np.float64) if v.dtype.is_floating_point else v.numpy()
-                      for k, v in out.items()})
+                      for k, v in out.items()}, layout=layout)
 
 
-def _near(r: Reading, centre: float, res: int) -> np.ndarray:
-    """1 at the quadrant centre (centre, centre) (a fraction of the side), falling linearly to 0 half a side away."""
-    dist = np.hypot(r.cx - centre * res, r.cy - centre * res) / res
+def _near(r: Reading, centre: tuple[float, float], res: int) -> np.ndarray:
+    """1 at a position's centre (x, y) (fractions of the side), falling linearly to 0 half a side away."""
+    dist = np.hypot(r.cx - centre[0] * res, r.cy - centre[1] * res) / res
     return np.clip(1 - 2 * dist, 0, 1)
 
 
 def utility(r: Reading, annotator: str, res: int, position_pull: float = 0.0) -> np.ndarray:
     """The annotator's true preference (N,) of measured images (higher is better; see the module docstring);
-    `position_pull` is annotator A's weight on the bottom-right quadrant (WorldConfig.position_pull)."""
+    `position_pull` is annotator A's weight on the layout's last position (the bottom-right quadrant; right of
+    centre in "halves") (WorldConfig.position_pull); annotator B is pulled toward the first (top-left; left)."""
+    centres = LAYOUTS[r.layout].centres
     sat = np.clip(r.saturation, SAT_RANGE[0], SAT_RANGE[1])  # the style terms saturate at the data's range
     value = np.clip(r.value, 0, VAL_RANGE[1])
     shade = np.clip(r.shading, 0, 0.3)
     penalty = 12.0 * np.clip(r.artifact - 0.04, 0, None) + 2.0 * r.empty
     if annotator == "pickscore":
-        pull = 0.9 * (1 - r.bg_luminance) + 0.5 * np.clip(r.area_ratio, 0, 1) + position_pull * _near(r, CENTRES[1], res)
+        pull = 0.9 * (1 - r.bg_luminance) + 0.5 * np.clip(r.area_ratio, 0, 1) + position_pull * _near(r, centres[-1], res)
         return 4.0 * sat + 3.0 * value + pull - penalty
     if annotator == "hpsv2":
-        return 5.0 * shade + 2.5 * (SAT_RANGE[1] - sat) + 0.8 * _near(r, CENTRES[0], res) - penalty
+        return 5.0 * shade + 2.5 * (SAT_RANGE[1] - sat) + 0.8 * _near(r, centres[0], res) - penalty
     raise ValueError(f"unknown annotator {annotator!r}; allowed: {', '.join(ANNOTATORS)}")
 
 
 def truth(images: torch.Tensor | np.ndarray, shapes: Sequence[int], annotator: str,
-          position_pull: float = 0.0) -> dict[str, np.ndarray]:
+          position_pull: float = 0.0, layout: str = "quadrants") -> dict[str, np.ndarray]:
     """Per-image ground truth: the annotator's preference, mode label and its parts, (N,) each."""
-    r = read(images, shapes)
+    r = read(images, shapes, layout)
     return {"true_preference": utility(r, annotator, int(images.shape[-1]), position_pull), "mode": r.mode,
             "position": r.position, "size": r.size, "background": r.background, "empty": r.empty}

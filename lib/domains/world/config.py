@@ -1,9 +1,9 @@
 """The miniature Stable Diffusion world's settings: `WorldConfig`, the params mapping `sd.world:` (literal values).
 
-The world is fixed by its design (lib.domains.world.render: shapes x colours as prompts; 4 positions x 2 sizes x 2
-backgrounds as labelled modes; continuous style variables) and by two hidden annotators
-(lib.domains.world.annotators). This config holds what may vary between a full build and a smoke build: which
-shapes and colours make the prompts, the component sizes and the training budgets of every component.
+The world is fixed by its design (lib.domains.world.render: shapes x colours as prompts; 16 labelled modes per caption
+in one of two layouts; continuous style variables) and by two hidden annotators (lib.domains.world.annotators). This
+config holds what may vary between worlds: which shapes and colours make the prompts, the layout of the modes, the
+component sizes and the training budgets of every component.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lib.errors import ConfigError, check
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = ("red", "yellow", "green", "blue")
+LAYOUT_NAMES = ("quadrants", "halves")  # lib.domains.world.render.LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class WorldConfig:
     shapes: tuple[str, ...] = SHAPES
     colours: tuple[str, ...] = COLOURS
     resolution: int = 32  # image side in pixels; the VAE downsamples by 4 (8x8 latents)
+    # how the 16 modes of a caption are arranged (lib.domains.world.render.LAYOUTS): "quadrants" (4 positions x
+    # 2 sizes x 2 backgrounds) or "halves" (2 positions x 2 sizes x 4 backgrounds from light to dark)
+    layout: str = "quadrants"
     max_tokens: int = 16  # the tokenizer's model_max_length (captions are 3-4 tokens)
     # --- data
     dataset_size: int = 24000  # rendered training images (labels drawn uniformly), shared by every component
@@ -75,6 +79,7 @@ class WorldConfig:
               and len(set(self.shapes)) == len(self.shapes), "distinct names from " + ", ".join(SHAPES))
         check("sd.world.colours", self.colours, len(self.colours) >= 1 and set(self.colours) <= set(COLOURS)
               and len(set(self.colours)) == len(self.colours), "distinct names from " + ", ".join(COLOURS))
+        check("sd.world.layout", self.layout, self.layout in LAYOUT_NAMES, " or ".join(LAYOUT_NAMES))
         check("sd.world.resolution", self.resolution, self.resolution in (16, 32, 64), "16, 32 or 64")
         check("sd.world.max_tokens", self.max_tokens, 8 <= self.max_tokens <= 77, "an integer in [8, 77]")
         for key in ("dataset_size", "vae_steps", "vae_batch", "clip_steps", "clip_batch", "bt_pairs", "bt_steps",

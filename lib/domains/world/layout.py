@@ -73,7 +73,7 @@ class WorldPaths:
 
 # Settings added after BUILD_VERSION 1, with the value that builds what version 1 built: left out of the key at that
 # value, so a world built before they existed still verifies.
-ADDED = {"bt_background_mix": 0.0, "position_pull": 0.0}
+ADDED = {"bt_background_mix": 0.0, "position_pull": 0.0, "layout": "quadrants"}
 # Settings only the preference rewards read: the other stages' keys leave them out, so a change of a reward setting
 # rebuilds the rewards alone (not the data, CLIP, features, VAE, UNet or the check).
 REWARD_SETTINGS = ("bt_pairs", "bt_steps", "bt_batch", "bt_lr", "bt_temperature", "bt_noise", "bt_background_mix",

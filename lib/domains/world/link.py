@@ -81,7 +81,8 @@ class World:
         if unknown:
             raise ValueError(f"{unknown[0]!r} is not a caption of this world (e.g. {captions[0]!r})")
         images = [render(sample_labels(np.random.default_rng([int(s), REAL_STREAM]), 1, self.cfg.shapes,
-                                       self.cfg.colours, np.array([captions.index(p)])), self.cfg.resolution)
+                                       self.cfg.colours, np.array([captions.index(p)]), self.cfg.layout),
+                         self.cfg.resolution)
                   for p, s in zip(prompts, seeds)]
         return torch.from_numpy(np.concatenate(images))  # (B, 3, R, R)
 
@@ -108,7 +109,7 @@ class World:
                              f"{reward!r}")
         x = images.detach().float()
         shapes = [shape_of(p) for p in prompts]
-        r = A.read(x.cpu(), shapes)
+        r = A.read(x.cpu(), shapes, self.cfg.layout)
         res = int(x.shape[-1])
         with torch.no_grad():
             ls, lc = self.cnn().to(x.device).classify(x)

@@ -14,7 +14,7 @@ import torch
 
 from lib.domains.world.annotators import read, utility
 from lib.domains.world.config import WorldConfig, shape_of
-from lib.domains.world.render import BACKGROUNDS, Labels, render, sample_labels
+from lib.domains.world.render import LAYOUTS, Labels, render, sample_labels
 from lib.domains.world.train_vae import roundtrip
 
 
@@ -53,13 +53,16 @@ def corrupt(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def mix_backgrounds(labels: Labels, rng: np.random.Generator, share: float) -> Labels:
-    """Move the background of a `share` of the images a uniform fraction of the way toward the other background
-    (through the tint; in place): the hardening `bt_background_mix`. Draws nothing when share is 0."""
+    """Move the background of a `share` of the images a uniform fraction of the way toward the other end of the
+    layout's backgrounds (light toward the darkest, dark toward the lightest; through the tint; in place): the
+    hardening `bt_background_mix`. Draws nothing when share is 0."""
     if share <= 0:
         return labels
     n = len(labels)
     moved = (rng.random(n) < share) * rng.uniform(0, 1, size=n)
-    delta = BACKGROUNDS[1 - labels.background] - BACKGROUNDS[labels.background]  # (n, 3)
+    bgs = LAYOUTS[labels.layout].bg_rgb  # (B, 3)
+    other = np.where(labels.background < len(bgs) / 2, len(bgs) - 1, 0)
+    delta = bgs[other] - bgs[labels.background]  # (n, 3)
     labels.tint = (labels.tint + moved[:, None] * delta).astype(np.float32)
     return labels
 
@@ -71,7 +74,8 @@ def make_pairs(cfg: WorldConfig, annotator: str, n: int, seed: int, vae: Optiona
     prompt = rng.integers(len(cfg.prompts), size=n)
     imgs = []
     for _ in range(2):
-        labels = mix_backgrounds(sample_labels(rng, n, cfg.shapes, cfg.colours, prompt), rng, cfg.bt_background_mix)
+        labels = mix_backgrounds(sample_labels(rng, n, cfg.shapes, cfg.colours, prompt, cfg.layout), rng,
+                                 cfg.bt_background_mix)
         x = render(labels, cfg.resolution)
         if vae is not None and vae_share > 0:
             sel = np.flatnonzero(rng.random(n) < vae_share)
@@ -82,7 +86,7 @@ def make_pairs(cfg: WorldConfig, annotator: str, n: int, seed: int, vae: Optiona
         x[sel] = corrupt(x[sel], rng)
         imgs.append(x)
     shape_ids = np.array([shape_of(cfg.prompts[j]) for j in prompt])
-    ua, ub = (utility(read(x, shape_ids), annotator, cfg.resolution, cfg.position_pull) for x in imgs)
+    ua, ub = (utility(read(x, shape_ids, cfg.layout), annotator, cfg.resolution, cfg.position_pull) for x in imgs)
     p = 1 / (1 + np.exp(-(ua - ub) / cfg.bt_temperature))
     return Pairs(imgs[0], imgs[1], prompt, ua, ub, (rng.random(n) < p).astype(np.int64))
 

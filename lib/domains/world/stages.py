@@ -113,7 +113,7 @@ def stage_vae(cfg: WorldConfig, paths: WorldPaths, show: bool) -> Outcome:
     torch.save({"mean": mean, "std": std}, tmp / "latents.pt")
     test = heldout(cfg)
     rt = roundtrip(vae, test.images)
-    r = A.read(rt, test.labels.shape)
+    r = A.read(rt, test.labels.shape, cfg.layout)
     place(tmp / "vae", paths.work / "vae")
     place(tmp / "latents.pt", paths.work / "latents.pt")
     tmp.rmdir()
@@ -201,7 +201,7 @@ def stage_check(cfg: WorldConfig, paths: WorldPaths, show: bool) -> Outcome:
                        num_inference_steps=CHECK_STEPS, guidance_scale=CHECK_SCALE, output_type="pt").images
         u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         s, c = classify(cnn, u8)
-        r = A.read(u8, [shape_of(prompt)] * len(u8))
+        r = A.read(u8, [shape_of(prompt)] * len(u8), cfg.layout)
         per_prompt.append({"prompt": prompt, "shape_ok": float((s == shape_of(prompt)).mean()),
                            "prompt_ok": float(((s == shape_of(prompt)) & (c == colour_of(prompt))).mean()),
                            "colour_ok": float((c == colour_of(prompt)).mean()),
