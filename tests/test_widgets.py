@@ -413,3 +413,13 @@ def test_preview_size_defaults_to_the_domains(run):
     domain.preview_samples = 3
     assert len(run_previewer(cfg, domain, run.paths).pairs) == 3 * n
     assert len(run_previewer(cfg, domain, run.paths, 5).pairs) == 5 * n
+
+
+def test_many_captions_wrap_their_column_titles():
+    """The world's preview puts 16 captions side by side: each column title wraps onto two lines instead of running
+    into its neighbours'; two captions keep one line."""
+    prompts = tuple(f"a yellow square{i}" for i in range(16))
+    state = ExplorerState(num_steps=3)
+    ex = GammaExplorer(state, CountingBackend(state, prompts=prompts))
+    titles = [ax.get_title() for ax in ex.preview_fig.axes if ax.get_title()]
+    assert titles[:2] == ["a yellow\nsquare0", "a yellow\nsquare1"] and len(titles) == 16

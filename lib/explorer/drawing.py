@@ -5,6 +5,7 @@ reward-diversity points with the current gamma as a star, and one static snapsho
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -95,8 +96,9 @@ class PreviewPlot:
                 if side_by_side:
                     ax.set_title(PANEL_LABEL.get(name, name), fontsize=8)
                 else:
-                    if name == names[0]:
-                        ax.set_title(_short(preview.prompts[j], 28), fontsize=8)
+                    if name == names[0]:  # many captions side by side (the world's 16): wrapped, not overlapping
+                        ax.set_title(textwrap.fill(_short(preview.prompts[j], 28), max(10, 160 // len(cols))),
+                                     fontsize=8 if len(cols) <= 8 else 7)
                     if j == cols[0]:
                         ax.set_ylabel(PANEL_LABEL.get(name, name), fontsize=8)
         what = f"prompt {_short(preview.prompts[cols[0]], 40)!r}, " if side_by_side else ""
