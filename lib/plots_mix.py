@@ -58,21 +58,22 @@ def mixing_image_grid(cfg: RunConfig, paths: RunPaths, prompt: int = 0, seed_ran
     return fig
 
 
-def grid_points(df: pd.DataFrame, mix: LoraMixConfig, metrics: Sequence[str],
-                prompt_set: str = "coverage") -> pd.DataFrame:
-    """One row per grid cell present in metrics.csv: alpha, beta and the given metrics of its setting."""
-    t = df[df.prompt_set == prompt_set].pivot_table(index=["method", "setting"], columns="metric", values="value")
+def coverage_table(df: pd.DataFrame, prompt_set: str = "coverage") -> pd.DataFrame:
+    """metrics.csv of one prompt set as a table: (method, setting) x metric."""
+    return df[df.prompt_set == prompt_set].pivot_table(index=["method", "setting"], columns="metric", values="value")
+
+
+def grid_points(t: pd.DataFrame, mix: LoraMixConfig, metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per grid cell present in the table `t` (coverage_table): alpha, beta and the given metrics."""
     cols = [c for c in metrics if c in t.columns]
     return pd.DataFrame([dict(alpha=a, beta=b, **t.loc[(m.method, m.setting), cols].to_dict())
                          for (a, b), m in mix_methods(mix).items() if (m.method, m.setting) in t.index])
 
 
-def two_reward_figure(df: pd.DataFrame, mix: LoraMixConfig, diversity: str, prompt_set: str = "coverage",
-                      y: str = "reward_alt", pts: Optional[pd.DataFrame] = None) -> plt.Figure:
-    """The grid points (`pts`, default grid_points) in the (reward, y) plane, coloured by `diversity`, labelled
+def two_reward_figure(t: pd.DataFrame, mix: LoraMixConfig, diversity: str, y: str = "reward_alt") -> plt.Figure:
+    """The grid points of the table `t` (coverage_table) in the (reward, y) plane, coloured by `diversity`, labelled
     (alpha, beta); base and DRaFT."""
-    t = df[df.prompt_set == prompt_set].pivot_table(index=["method", "setting"], columns="metric", values="value")
-    pts = grid_points(df, mix, ("reward", y, diversity), prompt_set) if pts is None else pts
+    pts = grid_points(t, mix, ("reward", y, diversity))
     fig, ax = plt.subplots(figsize=(5.4, 4.2))
     sc = ax.scatter(pts["reward"], pts[y], c=pts[diversity], cmap="viridis", s=60, edgecolor="k", zorder=3)
     for r in pts.itertuples():
@@ -101,7 +102,8 @@ def lora_mix_figures(cfg: RunConfig, paths: RunPaths, df: pd.DataFrame, y: str =
         return None
     save(mixing_image_grid(cfg, paths, per_cell=per_cell), paths.figures / "lora_mix_grid.png")
     div = diversity or next((d for d in ("dino_diversity", *cfg.metrics.diversity) if d in set(df.metric)), None)
-    out = grid_points(df, mix, [c for c in ("reward", y, div) if c is not None])
+    t = coverage_table(df)
+    out = grid_points(t, mix, [c for c in ("reward", y, div) if c is not None])
     if y in out.columns and div in out.columns:
-        save(two_reward_figure(df, mix, div, y=y, pts=out), paths.figures / "lora_mix_rewards.png")
+        save(two_reward_figure(t, mix, div, y=y), paths.figures / "lora_mix_rewards.png")
     return out

@@ -167,11 +167,3 @@ def utility(r: Reading, annotator: str, res: int, position_pull: float = 0.0) ->
     if annotator == "hpsv2":
         return 5.0 * shade + 2.5 * (SAT_RANGE[1] - sat) + 0.8 * _near(r, centres[0], res) - penalty
     raise ValueError(f"unknown annotator {annotator!r}; allowed: {', '.join(ANNOTATORS)}")
-
-
-def truth(images: torch.Tensor | np.ndarray, shapes: Sequence[int], annotator: str,
-          position_pull: float = 0.0, layout: str = "quadrants") -> dict[str, np.ndarray]:
-    """Per-image ground truth: the annotator's preference, mode label and its parts, (N,) each."""
-    r = read(images, shapes, layout)
-    return {"true_preference": utility(r, annotator, int(images.shape[-1]), position_pull), "mode": r.mode,
-            "position": r.position, "size": r.size, "background": r.background, "empty": r.empty}

@@ -96,9 +96,6 @@ LAYOUTS = {
 }
 assert tuple(LAYOUTS) == LAYOUT_NAMES and all(v.num_modes == 16 for v in LAYOUTS.values())
 NUM_MODES = 16  # modes per caption in every layout
-BACKGROUNDS = LAYOUTS["quadrants"].bg_rgb  # light, dark (RGB) of the first world
-POSITIONS = LAYOUTS["quadrants"].position_names
-BACKGROUND_NAMES = LAYOUTS["quadrants"].background_names
 
 
 def mode_index(position: ArrayLike, size: ArrayLike, background: ArrayLike, layout: str = "quadrants") -> np.ndarray:
