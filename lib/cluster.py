@@ -5,13 +5,16 @@
 
 The units (`plan`) and what each job runs (`run_unit`, the stage functions of lib.stages):
   1. prepare            the domain's preparation (the toy pre-trains its base, the miniature world is built)
-  2. train <name>       each training run: DRaFT, every KL run, every extra training of sweep.adapters   after 1
+  2. train <names>      each training run: DRaFT, every KL run, every extra training of sweep.adapters (a
+                        longer run of the same training in the shorter one's job, which it continues;
+                        the longest jobs first: lib.stages.training_chains)                          after 1
   3. sample <units>     `per_job` sampling parts (prompt set, method, part r of `shards`)   after all of 2
   4. notebooks          the numbered notebooks through the runner (lib.reproduce): 01 and 02 find the jobs' work
                         done and show it, 03 computes metrics.csv, 04-05 draw                after all of 3
 On SLURM every job is submitted at once, each with `--dependency=afterok:<ids of the layer before>`; the local
 executor has no dependencies, so the driver submits a layer when the one before has finished (at most `parallel`
-jobs at a time). The driver holds the run folder's lock until the last job ends (the jobs run under it, as notebook
+jobs at a time; each with OMP_NUM_THREADS = CPUs // parallel unless the environment sets it, as the Makefile does:
+small networks run 2-3x slower with more threads than cores). The driver holds the run folder's lock until the last job ends (the jobs run under it, as notebook
 kernels run under the runner's) and cancels the jobs still pending or running when it is stopped or a job fails.
 
 Nothing is cluster-specific on disk: training resumes from its checkpoint.pt, sampling writes the store's shards
@@ -22,6 +25,7 @@ skipped), and a local `python -m lib.reproduce` on the same folder resumes it to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import shutil
@@ -29,14 +33,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from lib.config import RunConfig, load
 from lib.errors import ConfigError, check
 from lib.files import LOCK_ENV, run_lock
 from lib.methods import sweep_methods
 from lib.runs import make_domain, repo_path, run_paths
-from lib.stages import stage_sample_parts, stage_train, trainings
+from lib.stages import stage_sample_parts, stage_train, training_chains
 
 LAUNCHERS = ("local", "slurm")
 
@@ -78,7 +82,8 @@ class Unit:
 
 def plan(cfg: RunConfig, shards: int = 1, per_job: int = 1) -> list[list[Unit]]:
     """The sweep's layers of units; each layer runs after the whole layer before it."""
-    train = [Unit("train", "train-" + name.replace("kl_lambda-", "kl"), name) for name in trainings(cfg)]
+    train = [Unit("train", "train-" + "+".join(n.replace("kl_lambda-", "kl") for n in chain),
+                  chain[0] if len(chain) == 1 else tuple(chain)) for chain in training_chains(cfg)]
     parts = [(ps, m.key, r, shards) for ps in cfg.sweep.prompt_sets for m in sweep_methods(cfg.sweep)
              for r in range(shards)]
     groups = [parts[i: i + per_job] for i in range(0, len(parts), per_job)]
@@ -97,8 +102,9 @@ def run_unit(kind: str, params_file: str, root: str, payload: Any, force: bool) 
         info = make_domain(cfg, paths).prepare(force=force, progress=False)
         return "prepared" if info else "already prepared"
     if kind == "train":
-        stage_train(cfg, paths, force=force, progress=False, names=[payload], prepare=False)
-        return f"trained {payload}"
+        names = [payload] if isinstance(payload, str) else list(payload)  # a chain: one trajectory, shortest first
+        stage_train(cfg, paths, force=force, progress=False, names=names, prepare=False)
+        return f"trained {', '.join(names)}"
     if kind == "sample":
         return stage_sample_parts(cfg, paths, list(payload), force=force).to_dict("records")
     raise ValueError(f"unknown unit kind {kind!r}")
@@ -106,6 +112,19 @@ def run_unit(kind: str, params_file: str, root: str, payload: Any, force: bool) 
 
 class ClusterError(RuntimeError):
     """A job failed or could not be submitted (names the job, its id and its log)."""
+
+
+@contextlib.contextmanager
+def _threads(opts: ClusterOptions) -> Iterator[None]:
+    """Local jobs inherit OMP_NUM_THREADS = CPUs // parallel (at least 1) where the environment leaves it unset."""
+    unset = opts.launcher == "local" and "OMP_NUM_THREADS" not in os.environ
+    if unset:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // opts.parallel))
+    try:
+        yield
+    finally:
+        if unset:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def executor(opts: ClusterOptions, folder: Path) -> Any:
@@ -140,7 +159,7 @@ def sweep(params_file: str, run_dir: Optional[str | Path], opts: ClusterOptions,
     folder = paths.root / "cluster"
     ex = ex or executor(opts, folder)  # refused (no sbatch) before anything is written
     folder.mkdir(parents=True, exist_ok=True)
-    with run_lock(paths.root):
+    with run_lock(paths.root), _threads(opts):
         args = (str(params_file), str(paths.root.resolve()))
         driver = _Chained if opts.launcher == "slurm" else _Layered
         return driver(ex, opts, args, force, log).run(layers, cfg.run)

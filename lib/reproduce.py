@@ -24,12 +24,9 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import threading
-from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
@@ -40,10 +37,9 @@ from lib.config import RunConfig, load, to_dict
 from lib.errors import ArtefactError, ConfigError
 from lib.files import (ACCEPT_HUB_ENV, ARTEFACT_LOG, LOCK_NAME, config_hash, read_json, record_files, run_lock,
                        verify_records, write_text)
+from lib.provenance import environment, relative_paths, shown
 from lib.runs import ROOT, repo_path, run_paths
 
-PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "diffusers", "transformers", "peft", "accelerate",
-            "open_clip_torch", "torch-fidelity", "papermill", "matplotlib", "optuna")
 RECORDS = "artefacts"  # results/<run>/artefacts/<stage>.json
 NOT_RECORDED = {"manifest.json", "config.yaml", LOCK_NAME}  # the runner's own files
 NOT_RECORDED_DIRS = {RECORDS, "cache", "cluster", "tracking"}  # records; caches; job and tracker logs
@@ -80,29 +76,12 @@ def notebook_code(nb: Path) -> list[str]:
         raise ArtefactError(f"{nb}: not a readable notebook ({type(e).__name__}: {e})") from None
 
 
-def environment() -> dict:
-    """Git commit, package versions and platform, for the manifest."""
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
-            "python": platform.python_version(), "platform": platform.platform(), "packages": versions}
-
-
 def parameters_for(nb: Path, params_file: str, run_root: Path, force: bool = False) -> dict:
     """The runner's parameters that this notebook's parameters cell declares (--force reaches the stages too)."""
     import papermill as pm
 
     declared = set(pm.inspect_notebook(str(nb)))
+    run_root = shown(run_root)
     offer = {"params_file": params_file, "run_dir": str(run_root), "figures_dir": str(run_root / "figures"),
              "progress": False, "force": force}
     return {k: v for k, v in offer.items() if k in declared}
@@ -261,6 +240,7 @@ def _execute(nb: Path, out: Path, parameters: dict) -> Optional[BaseException]:
         try:
             pm.execute_notebook(str(nb), str(out), parameters=parameters, cwd=str(ROOT), kernel_name="python3",
                                 progress_bar=False)
+            relative_paths(out)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             box["error"] = e
 

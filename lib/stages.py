@@ -54,6 +54,19 @@ def trainings(cfg: RunConfig) -> dict[str, tuple[TrainConfig, Any]]:
     return out
 
 
+def training_chains(cfg: RunConfig) -> list[list[str]]:
+    """The run's trainings grouped by trajectory (the same config and domain settings but the length): each group in
+    order of length, so that a longer one continues from the shorter one's checkpoint (lib.resume), and the groups
+    longest first (the order a pool of processes finishes soonest in). A training not named here runs alone."""
+    groups: dict[Any, list[tuple[int, str]]] = {}
+    for name, (tcfg, settings) in trainings(cfg).items():
+        key = (dataclasses.replace(tcfg, steps=1, checkpoint_every=1), repr(settings))
+        groups.setdefault(key, []).append((tcfg.steps, name))
+    chains = [[name for _, name in sorted(g, key=lambda s: s[0])] for g in groups.values()]
+    longest = {name: tcfg.steps for name, (tcfg, _) in trainings(cfg).items()}
+    return sorted(chains, key=lambda c: -longest[c[-1]])
+
+
 def _training_domain(cfg: RunConfig, paths: RunPaths, domain: Domain, settings: Any) -> Domain:
     """The domain a training runs on: the run's, or the run's built with a named training's other reward."""
     if settings == cfg.domain_config:
@@ -74,18 +87,24 @@ def stage_train(cfg: RunConfig, paths: RunPaths, force: bool = False, progress: 
         if state.is_main_process and prepare:
             domain.prepare(force=force, progress=progress)
         state.wait_for_everyone()
-        logs = {}
-        for name, (tcfg, settings) in trainings(cfg).items():
+        logs, runs = {}, trainings(cfg)
+        for name in [n for chain in training_chains(cfg) for n in chain]:  # a longer run after the shorter one
             if (name.startswith("kl_lambda-") and not include_kl) or (keep is not None and name not in keep) \
                     or (names is not None and name not in names):
                 continue
+            tcfg, settings = runs[name]
             out, dom = paths.adapter(name), _training_domain(cfg, paths, domain, settings)
             if force or not is_trained(out, tcfg, dom):
-                train(dom, tcfg, out, progress=progress, run=cfg.run)
-            label = {DRAFT: "DRaFT"}.get(name, f"KL λ={name.removeprefix('kl_lambda-')}"
-                                         if name.startswith("kl_lambda-") else name)
-            logs[label] = pd.read_csv(out / "log.csv")
-    return logs
+                train(dom, tcfg, out, progress=progress, run=cfg.run, siblings=[paths.adapter(n) for n in runs])
+            logs[_label(name)] = pd.read_csv(out / "log.csv")
+    order = [_label(n) for n in runs]
+    return {k: logs[k] for k in sorted(logs, key=order.index)}  # in the order of trainings(cfg)
+
+
+def _label(name: str) -> str:
+    """A training's name in the curves' legend: DRaFT, KL λ=<l>, or its folder name."""
+    return {DRAFT: "DRaFT"}.get(name, f"KL λ={name.removeprefix('kl_lambda-')}" if name.startswith("kl_lambda-")
+                                else name)
 
 
 def _locked(paths: RunPaths, state):

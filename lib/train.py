@@ -18,9 +18,9 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -32,6 +32,7 @@ from lib.errors import ArtefactError, TrainingDiverged, check
 from lib.files import atomic_path, config_hash, file_record, mismatch, note_artefact, read_json
 from lib.guidance import Denoiser
 from lib.lora import adapter_disabled, lora_parameters
+from lib.resume import CHECKPOINT, adopt, resume, save_checkpoint
 from lib.samplers import eps_of, noised, predict_x0, renoise, sample
 from lib.tracking import TRACKERS, open_tracker
 
@@ -200,12 +201,14 @@ def imagerefl_loss(domain: Domain, model: torch.nn.Module, cfg: TrainConfig, pro
 
 
 def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True,
-          run: Optional[str] = None) -> tuple[torch.nn.Module, pd.DataFrame]:
+          run: Optional[str] = None, siblings: Sequence[Path] = ()) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Fine-tune a LoRA adapter; writes adapter.safetensors, log.csv and train.json (with the size and sha256 of
     both) to out_dir; every checkpoint_every steps it writes checkpoint.pt (LoRA, optimiser, generator states and the
     log: tensors and plain values that torch.load(weights_only=True) reads) and
     checkpoints/adapter-stepNNNNNN.safetensors (the adapter in the domain's format; for SD the diffusers LoRA format
-    that `pipe.load_lora_weights` reads). A run with the same config resumes from checkpoint.pt.
+    that `pipe.load_lora_weights` reads). A run of the same trajectory (the config but its length) resumes from
+checkpoint.pt; without one of its own it continues from the furthest checkpoint among the `siblings` run folders
+that it can (lib.resume.adopt: a longer DRaFT from the run's shorter one).
 
     A non-finite loss, reward, KL or gradient norm stops training before the update with TrainingDiverged, naming
     the run (`run`, default: the folder two levels up, results/<run>/train/<name>), the step and the quantity;
@@ -224,7 +227,11 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(cfg.seed + 1_000_003 * state.process_index)  # each process its own data
     log: list[dict] = []
-    start = _resume(out_dir / "checkpoint.pt", key, model, opt, rng, log, state.process_index)
+    trajectory = trajectory_key(domain, cfg)
+    if state.is_main_process:
+        adopt(out_dir, trajectory, cfg.steps, siblings)
+    state.wait_for_everyone()
+    start = resume(out_dir / CHECKPOINT, trajectory, cfg.steps, model, opt, rng, log, state.process_index)
     prompts = domain.prompts("train")
     tracker = open_tracker(cfg.tracker, run or out_dir.resolve().parent.parent.name, f"train-{out_dir.name}",
                            out_dir.resolve().parent.parent / "tracking", _settings(cfg), state.is_main_process)
@@ -269,7 +276,7 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             rngs = gather(rng.get_state(), state)
             if state.is_main_process:  # resumable state, plus the adapter alone in the domain's LoRA format
-                _checkpoint(out_dir / "checkpoint.pt", key, model, opt, rngs, log, step + 1)
+                save_checkpoint(out_dir / CHECKPOINT, trajectory, model, opt, rngs, log, step + 1)
                 domain.save_adapter(model, out_dir / "checkpoints" / f"adapter-step{step + 1:06d}.safetensors")
     if tracker is not None:
         tracker.finish()
@@ -289,44 +296,6 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
 
 RESULT_FILES = ("adapter.safetensors", "log.csv")  # recorded with size and sha256 in train.json
 STATS = ("reward", "kl", "loss", "diffusion")  # what draft_loss returns, averaged over micro-batches
-
-
-def _checkpoint(path: Path, key: str, model, opt, rngs: list, log, step: int) -> None:
-    """Everything resuming needs, as tensors (LoRA weights, generator states) and plain values (optimiser state,
-    log), so that torch.load(weights_only=True) reads it back: a checkpoint can never run code."""
-    state = {"key": key, "step": step, "lora": {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n},
-             "opt": opt.state_dict(), "rngs": [torch.as_tensor(r).cpu() for r in rngs],
-             "log": [{k: float(v) for k, v in row.items()} for row in log]}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _resume(path: Path, key: str, model, opt, rng, log, rank: int = 0) -> int:
-    """Load a checkpoint of the same config (and process count); returns the step to continue from (0 if none).
-    The checkpoint is read with weights_only=True; one that cannot be read (truncated, or holding anything but
-    tensors and plain values) is reported, naming the file, and training starts from step 0."""
-    if not path.exists():
-        return 0
-    try:
-        state = torch.load(path, weights_only=True)
-        if state.get("key") != key or rank >= len(state.get("rngs", [])):
-            return 0
-        params = dict(model.named_parameters())
-        missing = set(state["lora"]) - set(params)
-        if missing:
-            raise KeyError(f"unknown LoRA weights {sorted(missing)[:3]}")
-        with torch.no_grad():
-            for n, v in state["lora"].items():
-                params[n].copy_(v)
-        opt.load_state_dict(state["opt"])
-        rng.set_state(state["rngs"][rank])
-        log.extend({k: (int(v) if k == "step" else v) for k, v in row.items()} for row in state["log"])
-        return int(state["step"])
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: start again, saying so
-        print(f"warning: {path}: cannot resume from this checkpoint ({type(e).__name__}: "
-              f"{str(e).splitlines()[0] if str(e) else ''}); training from step 0", file=sys.stderr)
-        log.clear()
-        return 0
 
 
 def why_not_trained(out_dir: Path, cfg: TrainConfig, domain: Domain) -> Optional[str]:
@@ -398,3 +367,9 @@ def _key(domain: Domain, cfg: TrainConfig) -> str:
     stamp leaves it out (`Domain.reward_stamp`; none on the toy, so its earlier keys stay valid)."""
     reward = domain.reward_stamp()  # SD: sd.reward, sd.reward_path
     return config_hash({"train": _settings(cfg), "base": domain.stamp(), **({"reward": reward} if reward else {})})
+
+
+def trajectory_key(domain: Domain, cfg: TrainConfig) -> str:
+    """The key of a training's checkpoints: `_key` without the run's length and checkpoint period, which do not
+    change the weights at a given step (lib.resume)."""
+    return _key(domain, replace(cfg, steps=1, checkpoint_every=1))

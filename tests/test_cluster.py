@@ -7,6 +7,7 @@ the runner (notebook 03 calls the same `stage_metrics`); that wiring is tested w
 from __future__ import annotations
 
 import functools
+import os
 import types
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import lib.runs
-from lib.cluster import ClusterError, ClusterOptions, notebooks_job, plan, sweep
+from lib.cluster import ClusterError, ClusterOptions, _threads, notebooks_job, plan, sweep
 from lib.config import load
 from lib.errors import ConfigError
 from lib.reproduce import main, run
@@ -212,3 +213,22 @@ def test_the_notebooks_job_shows_the_jobs_work_and_forces_only_the_later_stages(
     calls.clear()
     notebooks_job(fake_run, "p.yaml", ["04"], False, "/r")
     assert calls == [("p.yaml", ["04"], False, Path("/r"))]
+
+
+def test_local_jobs_get_one_share_of_the_cores_unless_the_environment_says(monkeypatch):
+    """Without OMP_NUM_THREADS (a bare `python -m lib.reproduce`, not `make`), the local launcher's jobs inherit
+    CPUs // parallel threads, and the variable is unset again afterwards; a value the user set is kept; SLURM jobs
+    are left to the cluster."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    with _threads(ClusterOptions(launcher="local", parallel=2)):
+        assert os.environ["OMP_NUM_THREADS"] == "4"
+    assert "OMP_NUM_THREADS" not in os.environ
+    with _threads(ClusterOptions(launcher="local", parallel=16)):
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    with _threads(ClusterOptions(launcher="slurm", parallel=2)):
+        assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with _threads(ClusterOptions(launcher="local", parallel=2)):
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert os.environ["OMP_NUM_THREADS"] == "3"

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from lib import reproduce
 from lib.config import from_dict, load
 from lib.errors import ConfigError
+from lib.provenance import relative_paths, shown
 from lib.runs import ROOT
 from helpers import write_notebook
 
@@ -127,3 +129,16 @@ def test_runner_writes_config_manifest_skips_and_keeps_failures(tmp_path):
     assert (run_dir / "notebooks" / "01_fail.ipynb").exists()
     with pytest.raises(ConfigError, match="no notebook numbered 07"):
         reproduce.run(str(params), only=["07"], notebook_dir=nbs, run_dir=run_dir)
+
+
+def test_executed_notebooks_name_paths_inside_the_repository_relative_to_it(tmp_path):
+    """An executed notebook's run_dir parameter and papermill's record of its input and output are relative to the
+    repository root where they lie inside it (a committed notebook names no machine's folders); others stay."""
+    assert shown(ROOT / "results" / "shapes") == Path("results/shapes") and shown(tmp_path) == tmp_path
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": str(ROOT / "notebooks" / "01_training.ipynb"),
+                                "output_path": str(tmp_path / "01_training.ipynb")}
+    nbformat.write(nb, str(tmp_path / "01_training.ipynb"))
+    relative_paths(tmp_path / "01_training.ipynb")
+    meta = nbformat.read(str(tmp_path / "01_training.ipynb"), as_version=4).metadata["papermill"]
+    assert meta == {"input_path": "notebooks/01_training.ipynb", "output_path": str(tmp_path / "01_training.ipynb")}

@@ -20,7 +20,7 @@ from lib.domains.toy import ToyConfig, ToyDomain
 from lib.errors import ConfigError
 from lib.methods import Method, method_denoiser, sweep_methods
 from lib.samplers import sample
-from lib.stages import _sample_stamp, trainings
+from lib.stages import _sample_stamp, training_chains, trainings
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 
@@ -170,3 +170,14 @@ def test_lora_mix_corners_on_one_sd_unet_with_two_loaded_adapters(cache, tmp_pat
     assert close(run(Method("lora_mix", (("draft", 0.0), ("b2", 1.0)))), alone)
     assert close(run(Method("lora_mix", (("draft", 0.0), ("b2", 0.0)))), base_out)
     assert torch.equal(run(Method("draft")), draft)  # the views run their own adapter alone again afterwards
+
+
+def test_a_longer_training_of_the_same_kind_runs_after_the_shorter_in_one_job_and_jobs_go_longest_first():
+    """sweep.adapters.long is DRaFT with more steps: one cluster job trains draft then long (which continues from
+    draft's checkpoint, lib.resume); b2 (another seed) is its own job; the longest job is submitted first."""
+    cfg = cfg_of(adapters={"b2": {"seed": 3}, "long": {"steps": 400}})
+    assert training_chains(cfg) == [["draft", "long"], ["kl_lambda-1"], ["b2"]]
+    assert [(u.name, u.payload) for u in plan(cfg)[1]] == [("train-draft+long", ("draft", "long")),
+                                                           ("train-kl1", "kl_lambda-1"), ("train-b2", "b2")]
+    cfg = cfg_of(adapters={"b2": {"seed": 3, "steps": 30}, "long": {"steps": 400, "lr": 1e-4}})  # another lr: alone
+    assert training_chains(cfg) == [["long"], ["draft"], ["kl_lambda-1"], ["b2"]]

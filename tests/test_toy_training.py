@@ -1,5 +1,7 @@
 """The toy domain, the sampler and the DRaFT-family trainer (issue: the toy study end to end)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -219,3 +221,40 @@ def test_kl_probe_every_step_counts_the_chain(toy, draft_run):
     with torch.no_grad():
         sample(probe, toy.scheduler, toy.noise(range(4)), toy.encode(["gmm-0"] * 4), toy.num_steps)
     assert probe.steps == toy.num_steps and float(probe.total.mean()) > 0
+
+
+def _counting(monkeypatch):
+    """draft_loss wrapped to count its calls (one per step at grad_accum 1)."""
+    import lib.train as T
+
+    real, calls = T.draft_loss, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "draft_loss", counted)
+    return calls
+
+
+def test_a_longer_run_continues_from_a_shorter_sibling_to_the_result_of_training_alone(toy, tmp_path, monkeypatch):
+    """A 6-step run next to a finished 4-step run of the same training (lib.resume.adopt) computes only steps 5-6,
+    and ends with the log, weights and per-step adapters of a 6-step run trained alone; a sibling of another
+    trajectory (another lr) or one past the run's length is never used."""
+    cfg = TrainConfig(variant="lv", steps=6, batch_size=8, checkpoint_every=2, lv_n=1)
+    _, alone_log = train(toy, cfg, tmp_path / "alone", progress=False)
+    train(toy, dataclasses.replace(cfg, steps=4), tmp_path / "short", progress=False)
+    train(toy, dataclasses.replace(cfg, lr=cfg.lr * 2, steps=5), tmp_path / "other", progress=False)
+    calls = _counting(monkeypatch)
+    _, log = train(toy, cfg, tmp_path / "long", progress=False, siblings=[tmp_path / "short", tmp_path / "other"])
+    assert len(calls) == 2  # steps 5 and 6: steps 1-4 are the short run's
+    cols = ["step", "reward", "kl", "loss", "grad_norm"]
+    assert log[cols].equals(alone_log[cols])
+    x, c = toy.noise(range(3)), toy.encode(["gmm-0"] * 3)
+    for name in ("adapter.safetensors", *(f"checkpoints/adapter-step{s:06d}.safetensors" for s in (2, 4, 6))):
+        a, b = toy.load_adapter(tmp_path / "long" / name), toy.load_adapter(tmp_path / "alone" / name)
+        assert torch.equal(a(x, 500, c), b(x, 500, c)), name
+    calls.clear()  # the 6-step runs are longer than a 4-step run: it trains its own 4 steps
+    _, short_log = train(toy, dataclasses.replace(cfg, steps=4), tmp_path / "short2", progress=False,
+                         siblings=[tmp_path / "long", tmp_path / "alone"])
+    assert len(calls) == 4 and short_log[cols].equals(alone_log[cols].iloc[:4])

@@ -1,5 +1,7 @@
 """The committed results of the world study (results/shapes/, params/shapes.yaml): the three properties the world
-must have to be a testbed of the paper's regime, read from metrics.csv, and the committed figures and tables."""
+must have to be a testbed of the paper's regime, read from metrics.csv, and the committed figures and tables; and
+those of the remaining methods over the same world (results/shapes_methods/, params/shapes_methods.yaml: ImageReFL's
+Table 1 and LoRA mixing)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,17 +10,24 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "shapes"
+METHODS = ROOT.parent / "shapes_methods"
 FIGURES = ("samples.png", "samples_one_caption.png", "pareto_reward_diversity.png", "pareto_clip_diversity.png",
            "pareto_reward_alt_diversity.png", "pareto_reward_truth.png", "reward_kl.png", "proxy_vs_true.png",
-           "diversity_vs_truth.png", "goodhart.png", "training_curves.png", "lora_mix_grid.png", "lora_mix_rewards.png")
+           "diversity_vs_truth.png", "goodhart.png", "training_curves.png")
+NOTEBOOKS = ("01_training", "02_sampling", "03_metrics", "04_pareto_figures", "05_gamma_explorer")
 
 pytestmark = pytest.mark.skipif(not (ROOT / "metrics.csv").exists(), reason="results/shapes/ is not committed here")
 
 
+def coverage_table(root: Path) -> pd.DataFrame:
+    """A run's metrics.csv on the coverage set: (method, setting) x metric."""
+    df = pd.read_csv(root / "metrics.csv")
+    return df[df.prompt_set == "coverage"].pivot_table(index=["method", "setting"], columns="metric", values="value")
+
+
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    df = pd.read_csv(ROOT / "metrics.csv")
-    return df[df.prompt_set == "coverage"].pivot_table(index=["method", "setting"], columns="metric", values="value")
+    return coverage_table(ROOT)
 
 
 def test_metrics_csv_has_every_column_of_the_study(table):
@@ -31,11 +40,9 @@ def test_metrics_csv_has_every_column_of_the_study(table):
 def test_draft_wins_the_proxy_and_keeps_at_most_a_third_of_the_modes(table):
     """Property 1: unregularised DRaFT raises the proxy reward above every method the paper compares it with (base,
     LoRA scaling, AIG and combined generation of DRaFT's adapter, the KL runs) while its true mode coverage falls to
-    at most a third of the base model's. Rows of another fine-tuned model (`tuned=imagerefl`, issue 12's ImageReFL)
-    and LoRA mixes are other models, not regularisations of DRaFT."""
+    at most a third of the base model's."""
     draft, base = table.loc[("draft", "-")], table.loc[("base", "-")]
-    families, settings = table.index.get_level_values(0), table.index.get_level_values(1)
-    others = table[families.isin(["base", "lora_scale", "aig", "combined", "kl"]) & ~settings.str.contains("tuned=")]
+    others = table[table.index.get_level_values(0).isin(["base", "lora_scale", "aig", "combined", "kl"])]
     assert len(others) >= 10 and draft["reward"] > others["reward"].max()
     assert base["true_coverage"] == 1.0 and draft["true_coverage"] <= base["true_coverage"] / 3
 
@@ -60,5 +67,23 @@ def test_committed_files():
     for name in ("dominance.csv", "truth_correlations.csv", "checkpoints.csv", "table1.csv", "manifest.json",
                  "config.yaml"):
         assert (ROOT / name).exists(), name
-    for nb in ("01_training", "02_sampling", "03_metrics", "04_pareto_figures", "05_gamma_explorer"):
+    for nb in NOTEBOOKS:
         assert (ROOT / "notebooks" / f"{nb}.ipynb").exists(), nb
+
+
+def test_the_remaining_methods_run_over_the_same_world():
+    """results/shapes_methods/: Table 1 with DRaFT's and ImageReFL's combined generation, the LoRA-mix grid and its
+    figures; and, sampled from the same world with the same captions, seeds and DRaFT training, base's and DRaFT's
+    rows equal those of the study."""
+    other = coverage_table(METHODS)
+    rows = set(pd.read_csv(METHODS / "table1.csv")["row"])
+    assert {"base", "draft", "aig", "combined", "combined tuned=imagerefl", "aig tuned=imagerefl", "lora_mix"} <= rows
+    assert len(other.loc["lora_mix"]) == 9
+    for name in ("lora_mix_grid.png", "lora_mix_rewards.png", "samples.png", "training_curves.png"):
+        assert (METHODS / "figures" / name).stat().st_size > 5000, name
+    for nb in NOTEBOOKS[:4]:
+        assert (METHODS / "notebooks" / f"{nb}.ipynb").exists(), nb
+    study = coverage_table(ROOT)
+    for row in (("base", "-"), ("draft", "-")):
+        for metric in ("reward", "reward_alt", "true_coverage", "prompt_accuracy", "dino_diversity", "fid"):
+            assert other.loc[row, metric] == pytest.approx(study.loc[row, metric], rel=1e-6, abs=1e-9), (row, metric)
