@@ -34,7 +34,6 @@ from lib.files import sha256_file
 from lib.guidance import Denoiser, classifier_free
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")  # attention and feed-forward layers
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name inside an adapter folder
 
 
 class SDDomain:
@@ -249,19 +248,20 @@ class SDDomain:
         return unet, active[0]
 
     def save_adapter(self, model: torch.nn.Module, path: str | os.PathLike) -> None:
-        """Write the adapter as diffusers LoRA safetensors (`pipe.load_lora_weights(path)` reads it); `path` is a
-        directory (pytorch_lora_weights.safetensors inside) or a .safetensors file name."""
+        """Write the adapter as diffusers LoRA safetensors (`pipe.load_lora_weights(path)` reads it).
+
+        `path` is a directory (pytorch_lora_weights.safetensors inside) or a .safetensors file name.
+        """
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         unet, adapter = self._adapter_of(model)
         path = Path(path)
-        folder, name = (path.parent, path.name) if path.suffix == ".safetensors" else (path, LORA_WEIGHTS)
+        folder, name = (path.parent, path.name) if path.suffix == ".safetensors" else (path, None)
+        name = name or "pytorch_lora_weights.safetensors"
         state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter))
         state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
         meta = unet.peft_config[adapter].to_dict()
-        if isinstance(meta.get("target_modules"), (set, list, tuple)):  # a set in peft: sorted, the file's bytes
-            meta["target_modules"] = sorted(meta["target_modules"])  # do not depend on the process's hash seed
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".lora."))
         try:
@@ -278,7 +278,8 @@ class SDDomain:
         "draft" if free, else "draft_<k>". Reloading a file replaces its weights.
         """
         path = Path(path)
-        folder, name = (path.parent, path.name) if path.suffix == ".safetensors" else (path, LORA_WEIGHTS)
+        folder, name = (path.parent, path.name) if path.suffix == ".safetensors" else (path, None)
+        name = name or "pytorch_lora_weights.safetensors"
         key = str((folder / name).resolve())
         unet = plain_unet(self.pipe)
         taken = set(getattr(unet, "peft_config", None) or {})
