@@ -14,8 +14,9 @@ The units (`plan`) and what each job runs (`run_unit`, the stage functions of li
 On SLURM every job is submitted at once, each with `--dependency=afterok:<ids of the layer before>`; the local
 executor has no dependencies, so the driver submits a layer when the one before has finished (at most `parallel`
 jobs at a time; each with OMP_NUM_THREADS = CPUs // parallel unless the environment sets it, as the Makefile does:
-small networks run 2-3x slower with more threads than cores). The driver holds the run folder's lock until the last job ends (the jobs run under it, as notebook
-kernels run under the runner's) and cancels the jobs still pending or running when it is stopped or a job fails.
+small networks run 2-3x slower with more threads than cores). The driver holds the run folder's lock until the last
+job ends (the jobs run under it, as notebook kernels run under the runner's) and cancels the jobs still pending or
+running when it is stopped or a job fails.
 
 Nothing is cluster-specific on disk: training resumes from its checkpoint.pt, sampling writes the store's shards
 with a part record each (lib.shards), a sample set's done.json appears when its last part is done. So a cluster

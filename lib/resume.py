@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -49,16 +49,13 @@ def _read(path: Path) -> Any:
         return None
 
 
-def usable_step(path: Path, key: str, max_step: int, rank: int = 0) -> int:
-    """The step of a readable checkpoint of this trajectory that a run of max_step steps can continue from, with a
-    generator state for process `rank`; 0 if there is none."""
-    if not Path(path).exists():
-        return 0
-    state = _read(Path(path))
+def usable(path: Path, key: str, max_step: int, rank: int = 0) -> Optional[dict]:
+    """The contents of a readable checkpoint of this trajectory at a step in [1, max_step] with a generator state for
+    process `rank`, read once; None if there is none (an unreadable one is reported, naming the file)."""
+    state = _read(Path(path)) if Path(path).exists() else None
     if not isinstance(state, dict) or state.get("key") != key or rank >= len(state.get("rngs", [])):
-        return 0
-    step = int(state.get("step", 0))
-    return step if 0 < step <= max_step else 0
+        return None
+    return state if 0 < int(state.get("step", 0)) <= max_step else None
 
 
 def resume(path: Path, key: str, max_step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -66,9 +63,9 @@ def resume(path: Path, key: str, max_step: int, model: torch.nn.Module, opt: tor
     """Load a checkpoint of the same trajectory (and process count) at a step <= max_step into model, optimiser,
     generator and log; returns the step to continue from (0 if none: a missing, foreign, too long or unreadable
     checkpoint, the last reported naming the file)."""
-    if not usable_step(path, key, max_step, rank):
+    state = usable(path, key, max_step, rank)
+    if state is None:
         return 0
-    state = torch.load(path, weights_only=True)
     try:
         params = dict(model.named_parameters())
         missing = set(state["lora"]) - set(params)
@@ -93,13 +90,13 @@ def adopt(out_dir: Path, key: str, max_step: int, siblings: Sequence[Path], rank
     folders (same trajectory, step <= max_step) with its per-step adapters up to that step; returns the step
     adopted (0 if none). The copy is atomic per file; a partial copy leaves no checkpoint.pt, so nothing is lost."""
     out_dir = Path(out_dir)
-    if usable_step(out_dir / CHECKPOINT, key, max_step, rank):
+    if usable(out_dir / CHECKPOINT, key, max_step, rank) is not None:
         return 0
-    found = [(usable_step(Path(s) / CHECKPOINT, key, max_step, rank), Path(s)) for s in siblings
-             if Path(s).resolve() != out_dir.resolve()]
-    step, source = max(found, key=lambda f: f[0], default=(0, None))
-    if not step:
+    found = [(int(state["step"]), Path(s)) for s in siblings if Path(s).resolve() != out_dir.resolve()
+             for state in [usable(Path(s) / CHECKPOINT, key, max_step, rank)] if state is not None]
+    if not found:
         return 0
+    step, source = max(found, key=lambda f: f[0])
     (out_dir / STEP_ADAPTERS).mkdir(parents=True, exist_ok=True)
     for f in sorted((source / STEP_ADAPTERS).glob("adapter-step*.safetensors")):
         if int(f.stem.removeprefix("adapter-step")) <= step:

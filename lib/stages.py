@@ -32,7 +32,7 @@ from lib.shards import sample_part
 from lib.store import (clear_samples, mark_done, note_reused, read_samples, stamp_of, why_not_done,
                        write_samples)
 from lib.tracking import log_metrics
-from lib.train import TrainConfig, adapter_sha256, is_trained, train, trained_adapter
+from lib.train import TrainConfig, adapter_sha256, is_trained, train, trained_adapter, trajectory
 
 
 def kl_configs(cfg: RunConfig) -> dict[Method, TrainConfig]:
@@ -55,16 +55,13 @@ def trainings(cfg: RunConfig) -> dict[str, tuple[TrainConfig, Any]]:
 
 
 def training_chains(cfg: RunConfig) -> list[list[str]]:
-    """The run's trainings grouped by trajectory (the same config and domain settings but the length): each group in
+    """The run's trainings grouped by trajectory (lib.train.trajectory, and the same domain settings): each group in
     order of length, so that a longer one continues from the shorter one's checkpoint (lib.resume), and the groups
-    longest first (the order a pool of processes finishes soonest in). A training not named here runs alone."""
+    longest first (the order a pool of processes finishes soonest in)."""
     groups: dict[Any, list[tuple[int, str]]] = {}
     for name, (tcfg, settings) in trainings(cfg).items():
-        key = (dataclasses.replace(tcfg, steps=1, checkpoint_every=1), repr(settings))
-        groups.setdefault(key, []).append((tcfg.steps, name))
-    chains = [[name for _, name in sorted(g, key=lambda s: s[0])] for g in groups.values()]
-    longest = {name: tcfg.steps for name, (tcfg, _) in trainings(cfg).items()}
-    return sorted(chains, key=lambda c: -longest[c[-1]])
+        groups.setdefault((trajectory(tcfg), repr(settings)), []).append((tcfg.steps, name))
+    return [[name for _, name in g] for g in sorted((sorted(g) for g in groups.values()), key=lambda g: -g[-1][0])]
 
 
 def _training_domain(cfg: RunConfig, paths: RunPaths, domain: Domain, settings: Any) -> Domain:

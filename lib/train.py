@@ -207,8 +207,8 @@ def train(domain: Domain, cfg: TrainConfig, out_dir: Path, progress: bool = True
     log: tensors and plain values that torch.load(weights_only=True) reads) and
     checkpoints/adapter-stepNNNNNN.safetensors (the adapter in the domain's format; for SD the diffusers LoRA format
     that `pipe.load_lora_weights` reads). A run of the same trajectory (the config but its length) resumes from
-checkpoint.pt; without one of its own it continues from the furthest checkpoint among the `siblings` run folders
-that it can (lib.resume.adopt: a longer DRaFT from the run's shorter one).
+    checkpoint.pt; without one of its own it continues from the furthest checkpoint among the `siblings` run folders
+    that it can (lib.resume.adopt: a longer DRaFT from the run's shorter one).
 
     A non-finite loss, reward, KL or gradient norm stops training before the update with TrainingDiverged, naming
     the run (`run`, default: the folder two levels up, results/<run>/train/<name>), the step and the quantity;
@@ -369,7 +369,12 @@ def _key(domain: Domain, cfg: TrainConfig) -> str:
     return config_hash({"train": _settings(cfg), "base": domain.stamp(), **({"reward": reward} if reward else {})})
 
 
+def trajectory(cfg: TrainConfig) -> TrainConfig:
+    """The config without the run's length and checkpoint period, which do not change the weights at a given step:
+    two runs with the same trajectory agree step for step (lib.resume)."""
+    return replace(cfg, steps=1, checkpoint_every=1)
+
+
 def trajectory_key(domain: Domain, cfg: TrainConfig) -> str:
-    """The key of a training's checkpoints: `_key` without the run's length and checkpoint period, which do not
-    change the weights at a given step (lib.resume)."""
-    return _key(domain, replace(cfg, steps=1, checkpoint_every=1))
+    """The key of a training's checkpoints: `_key` of its trajectory."""
+    return _key(domain, trajectory(cfg))

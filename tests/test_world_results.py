@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lib.plots_mix import coverage_table
+
 ROOT = Path(__file__).resolve().parent.parent / "results" / "shapes"
 METHODS = ROOT.parent / "shapes_methods"
 FIGURES = ("samples.png", "samples_one_caption.png", "pareto_reward_diversity.png", "pareto_clip_diversity.png",
@@ -19,15 +21,9 @@ NOTEBOOKS = ("01_training", "02_sampling", "03_metrics", "04_pareto_figures", "0
 pytestmark = pytest.mark.skipif(not (ROOT / "metrics.csv").exists(), reason="results/shapes/ is not committed here")
 
 
-def coverage_table(root: Path) -> pd.DataFrame:
-    """A run's metrics.csv on the coverage set: (method, setting) x metric."""
-    df = pd.read_csv(root / "metrics.csv")
-    return df[df.prompt_set == "coverage"].pivot_table(index=["method", "setting"], columns="metric", values="value")
-
-
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    return coverage_table(ROOT)
+    return coverage_table(pd.read_csv(ROOT / "metrics.csv"))
 
 
 def test_metrics_csv_has_every_column_of_the_study(table):
@@ -71,11 +67,11 @@ def test_committed_files():
         assert (ROOT / "notebooks" / f"{nb}.ipynb").exists(), nb
 
 
-def test_the_remaining_methods_run_over_the_same_world():
+def test_the_remaining_methods_run_over_the_same_world(table):
     """results/shapes_methods/: Table 1 with DRaFT's and ImageReFL's combined generation, the LoRA-mix grid and its
     figures; and, sampled from the same world with the same captions, seeds and DRaFT training, base's and DRaFT's
     rows equal those of the study."""
-    other = coverage_table(METHODS)
+    other = coverage_table(pd.read_csv(METHODS / "metrics.csv"))
     rows = set(pd.read_csv(METHODS / "table1.csv")["row"])
     assert {"base", "draft", "aig", "combined", "combined tuned=imagerefl", "aig tuned=imagerefl", "lora_mix"} <= rows
     assert len(other.loc["lora_mix"]) == 9
@@ -83,7 +79,6 @@ def test_the_remaining_methods_run_over_the_same_world():
         assert (METHODS / "figures" / name).stat().st_size > 5000, name
     for nb in NOTEBOOKS[:4]:
         assert (METHODS / "notebooks" / f"{nb}.ipynb").exists(), nb
-    study = coverage_table(ROOT)
     for row in (("base", "-"), ("draft", "-")):
         for metric in ("reward", "reward_alt", "true_coverage", "prompt_accuracy", "dino_diversity", "fid"):
-            assert other.loc[row, metric] == pytest.approx(study.loc[row, metric], rel=1e-6, abs=1e-9), (row, metric)
+            assert other.loc[row, metric] == pytest.approx(table.loc[row, metric], rel=1e-6, abs=1e-9), (row, metric)
